@@ -1,0 +1,302 @@
+"""NATS helpers shared by every service: connect, JetStream setup, events,
+streamed job replies, and draining on the way out.
+
+Jobs are published to the work-queue stream JOBS and pulled by the bridges
+of the model (one outstanding pull per free engine slot: that is what makes
+dispatch load-aware). Replies are core-NATS messages to an inbox owned by the
+requester's ``ReplyRouter``, ending with ``JobEnd`` or ``JobError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import msgspec
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError, KeyNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
+
+from migserve_shared import subjects
+from migserve_shared.env import NatsSettings
+from migserve_shared.errors import BadMessageError, ErrorCode
+from migserve_shared.ids import new_id
+from migserve_shared.messages import (
+    Command,
+    Event,
+    JobEnd,
+    JobError,
+    JobReply,
+    decode_reply,
+    encode,
+    event_kind,
+    event_subject_id,
+)
+
+log = logging.getLogger(__name__)
+
+DAY = 24 * 3600.0
+
+
+async def connect(settings: NatsSettings, *, connect_timeout: float = 5.0) -> NATS:
+    """Connect with unbounded reconnects and callbacks that log instead of raising."""
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats error: %s", exc, extra={"nats_error": type(exc).__name__})
+
+    async def on_disconnected() -> None:
+        log.warning("nats disconnected; reconnecting")
+
+    async def on_reconnected() -> None:
+        log.info("nats reconnected")
+
+    kwargs: dict[str, object] = {}
+    if settings.creds_file:
+        kwargs["user_credentials"] = settings.creds_file
+    if settings.user:
+        kwargs["user"] = settings.user
+        kwargs["password"] = settings.password or ""
+    return await nats.connect(
+        servers=[settings.url],
+        name=settings.name,
+        connect_timeout=connect_timeout,
+        allow_reconnect=True,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.25,
+        error_cb=on_error,
+        disconnected_cb=on_disconnected,
+        reconnected_cb=on_reconnected,
+        **kwargs,
+    )
+
+
+STREAMS: tuple[StreamConfig, ...] = (
+    StreamConfig(
+        name=subjects.JOBS_STREAM,
+        subjects=[subjects.JOBS_WILDCARD],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        max_age=600.0,
+        duplicate_window=60.0,
+    ),
+    StreamConfig(
+        name=subjects.EVENTS_STREAM,
+        subjects=[subjects.EVENTS_WILDCARD],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=7 * DAY,
+        max_bytes=1 << 30,
+        discard=DiscardPolicy.OLD,
+        duplicate_window=120.0,
+    ),
+    StreamConfig(
+        name=subjects.COMMANDS_STREAM,
+        subjects=[subjects.COMMANDS_WILDCARD],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=DAY,
+        duplicate_window=600.0,
+    ),
+)
+
+#: bucket -> (history, ttl seconds or None)
+BUCKETS: dict[str, tuple[int, float | None]] = {
+    subjects.KV_MODELS: (5, None),
+    subjects.KV_NODES: (1, None),
+    subjects.KV_INSTANCES: (5, None),
+    subjects.KV_PLANS: (10, None),
+    subjects.KV_LEADER: (1, 15.0),
+}
+
+
+async def ensure_jetstream(js: JetStreamContext) -> None:
+    """Create (or update) the streams and KV buckets; safe to call from every service."""
+    for cfg in STREAMS:
+        try:
+            await js.add_stream(config=cfg)
+        except BadRequestError:
+            await js.update_stream(config=cfg)
+    for bucket, (history, ttl) in BUCKETS.items():
+        try:
+            await js.key_value(bucket)
+        except Exception:
+            with contextlib.suppress(BadRequestError):
+                await js.create_key_value(bucket=bucket, history=history, ttl=ttl)
+
+
+@dataclass(frozen=True, slots=True)
+class Buckets:
+    models: KeyValue
+    nodes: KeyValue
+    instances: KeyValue
+    plans: KeyValue
+    leader: KeyValue
+
+
+async def open_buckets(js: JetStreamContext) -> Buckets:
+    return Buckets(
+        models=await js.key_value(subjects.KV_MODELS),
+        nodes=await js.key_value(subjects.KV_NODES),
+        instances=await js.key_value(subjects.KV_INSTANCES),
+        plans=await js.key_value(subjects.KV_PLANS),
+        leader=await js.key_value(subjects.KV_LEADER),
+    )
+
+
+async def kv_values(kv: KeyValue) -> list[tuple[str, bytes, int]]:
+    """Every live (key, value, revision) of a bucket (an empty bucket gives [])."""
+    out: list[tuple[str, bytes, int]] = []
+    try:
+        keys = await kv.keys()
+    except Exception:
+        return out
+    for key in keys:
+        try:
+            entry = await kv.get(key)
+        except KeyNotFoundError:
+            continue
+        if entry.value:
+            out.append((key, entry.value, entry.revision or 0))
+    return out
+
+
+class EventPublisher:
+    """Publishes events to the EVENTS stream, deduplicated by event id."""
+
+    def __init__(self, js: JetStreamContext, *, source: str) -> None:
+        self._js = js
+        self._source = source
+
+    async def publish(self, event: Event) -> None:
+        if not event.source:
+            event = msgspec.structs.replace(event, source=self._source)
+        subject = subjects.event(event_kind(event), event_subject_id(event))
+        await self._js.publish(subject, encode(event), headers={"Nats-Msg-Id": event.event_id})
+
+
+async def send_command(js: JetStreamContext, node: str, command: Command) -> None:
+    """Publish a command to a node's durable command stream (deduplicated by id)."""
+    await js.publish(
+        subjects.agent_commands(node), encode(command), headers={"Nats-Msg-Id": command.command_id}
+    )
+
+
+async def ensure_jobs_consumer(js: JetStreamContext, model_id: str, *, ack_wait: float) -> str:
+    """Create the model's shared pull consumer on the JOBS stream; return its name."""
+    durable = subjects.jobs_consumer(model_id)
+    config = ConsumerConfig(
+        durable_name=durable,
+        filter_subject=subjects.infer(model_id),
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=ack_wait,
+        max_deliver=-1,
+        max_ack_pending=-1,
+        max_waiting=4096,
+    )
+    try:
+        await js.add_consumer(subjects.JOBS_STREAM, config=config)
+    except BadRequestError:
+        with contextlib.suppress(NotFoundError):
+            await js.consumer_info(subjects.JOBS_STREAM, durable)
+    return durable
+
+
+class ReplyRouter:
+    """One wildcard inbox subscription that routes streamed replies to waiting jobs.
+
+    ``open()`` returns a fresh reply subject and a queue that receives the
+    decoded replies for it. Undecodable replies become ``JobError``s so the
+    waiting request ends with a clear reason instead of hanging.
+    """
+
+    def __init__(self, nc: NATS) -> None:
+        self._nc = nc
+        self._prefix = f"_INBOX.{new_id()}"
+        self._queues: dict[str, asyncio.Queue[JobReply]] = {}
+        self._sub: Subscription | None = None
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe(f"{self._prefix}.*", cb=self._on_msg)
+        await self._nc.flush()
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+
+    def open(self) -> tuple[str, asyncio.Queue[JobReply]]:
+        token = new_id()
+        queue: asyncio.Queue[JobReply] = asyncio.Queue()
+        self._queues[token] = queue
+        return f"{self._prefix}.{token}", queue
+
+    def close(self, reply_to: str) -> None:
+        self._queues.pop(reply_to.rsplit(".", 1)[-1], None)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        queue = self._queues.get(msg.subject.rsplit(".", 1)[-1])
+        if queue is None:
+            return
+        if msg.headers and msg.headers.get("Status") == "503":
+            return
+        try:
+            reply = decode_reply(msg.data)
+        except BadMessageError as exc:
+            reply = JobError(code=ErrorCode.BAD_MESSAGE, message=str(exc))
+        queue.put_nowait(reply)
+
+
+async def iterate_replies(
+    queue: asyncio.Queue[JobReply], *, first_timeout: float, idle_timeout: float
+) -> AsyncIterator[JobReply]:
+    """Yield replies until the end marker; TimeoutError if the stream stalls."""
+    timeout = first_timeout
+    while True:
+        reply = await asyncio.wait_for(queue.get(), timeout)
+        yield reply
+        if isinstance(reply, JobEnd | JobError):
+            return
+        timeout = idle_timeout
+
+
+class ReplySender:
+    """Publishes one job's replies, in order, to its reply inbox."""
+
+    def __init__(self, nc: NATS, reply_to: str) -> None:
+        self._nc = nc
+        self._reply_to = reply_to
+
+    async def send(self, reply: JobReply) -> None:
+        await self._nc.publish(self._reply_to, encode(reply))
+
+
+async def drain_quietly(nc: NATS) -> None:
+    """Drain subscriptions (finishing in-flight callbacks), then close."""
+    if nc.is_closed:
+        return
+    try:
+        await nc.drain()
+    except Exception as exc:
+        log.warning("nats drain failed: %s", exc)
+        with contextlib.suppress(Exception):
+            await nc.close()
+
+
+Handler = Callable[[Msg], Awaitable[None]]
