@@ -91,9 +91,7 @@ def start_nats_server(
                 client = ports["nats"][0].replace("nats://", "")
                 monitor = ports["monitoring"][0]
                 host_port = client.rsplit(":", 1)
-                return NatsServer(
-                    proc, f"nats://127.0.0.1:{host_port[1]}", monitor, store
-                )
+                return NatsServer(proc, f"nats://127.0.0.1:{host_port[1]}", monitor, store)
         time.sleep(0.01)
     proc.kill()
     raise ConfigError(f"nats-server did not start within {timeout}s")

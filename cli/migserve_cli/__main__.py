@@ -1,0 +1,207 @@
+"""The migserve command line: the local stack, its status, and its event trace."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from pathlib import Path
+
+from migserve_shared.errors import ConfigError, MigserveError
+from migserve_shared.messages import EVENT_KINDS
+
+from migserve_cli import stack as local_stack
+from migserve_cli.model_file import DEFAULT_MODEL_FILE, load_models
+from migserve_cli.status import as_json, read_cluster, render
+from migserve_cli.trace import follow
+
+ENGINES = ("sim", "llamacpp", "tgi", "vllm")
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _home(args: argparse.Namespace) -> Path:
+    return Path(args.home) if args.home else local_stack.default_home()
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    models = load_models(Path(args.models), engine=args.engine)
+    opts = local_stack.StackOptions(
+        home=_home(args),
+        engine=args.engine,
+        models=models,
+        nodes=args.nodes,
+        gpus_per_node=args.gpus_per_node,
+        gpu_model=args.gpu_model,
+        gateway_port=args.gateway_port,
+        sim_engine_startup_s=args.sim_startup,
+        ready_timeout_s=args.ready_timeout,
+    )
+    try:
+        stack = local_stack.up(opts, _say)
+    except MigserveError:
+        _say("start failed; stopping what was started")
+        local_stack.down(opts.home, _say)
+        raise
+    _say("")
+    _say(f"migserve is up.  gateway: {stack.gateway_url}   nats: {stack.nats_url}")
+    _say(
+        "Simulated: MIG slices are bookkeeping on simulated A100s (no GPU here); the engines "
+        "run for real on the CPU."
+    )
+    _say(
+        f"Try: curl -s {stack.gateway_url}/v1/chat/completions -H 'content-type: application/json' "
+        f'-d \'{{"model":"{models[0].model_id}","messages":[{{"role":"user",'
+        '"content":"What is a GPU?"}]}\''
+    )
+    if args.detach:
+        _say("Detached. `migserve status`, `migserve trace`, `migserve down`.")
+        return 0
+    _say("Following events (Ctrl-C stops the stack) ...")
+    stop = asyncio.Event()
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        task = asyncio.create_task(follow(stack.nats_url, _say), name="trace")
+        await stop.wait()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())
+    local_stack.down(opts.home, _say)
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    report = local_stack.down(_home(args), _say)
+    return 1 if report.leftover_processes else 0
+
+
+def _stack_urls(args: argparse.Namespace) -> tuple[str, str]:
+    if args.nats_url:
+        return args.nats_url, args.gateway_url or ""
+    stack = local_stack.read_stack(_home(args))
+    if stack is None:
+        raise ConfigError(f"no local stack in {_home(args)}; pass --nats-url or run `migserve up`")
+    return stack.nats_url, stack.gateway_url
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    nats_url, gateway_url = _stack_urls(args)
+    view = asyncio.run(read_cluster(nats_url, gateway_url))
+    if args.json:
+        sys.stdout.buffer.write(as_json(view) + b"\n")
+    else:
+        _say(render(view))
+    return 0
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    nats_url, _ = _stack_urls(args)
+    follow_s = 0.5 if args.no_follow else args.seconds
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(
+            follow(
+                nats_url,
+                _say,
+                trace_id=args.trace_id,
+                kinds=args.kind or None,
+                from_start=not args.new,
+                follow_s=follow_s,
+                skip_snapshots=not args.snapshots,
+            )
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="migserve", description=__doc__)
+    p.add_argument("--home", help="local stack directory (default $MIGSERVE_HOME or ~/.migserve)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start the local stack (nats, services, simulated GPU nodes)")
+    up.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=None,
+        help="engine for every model (default: as in the model file)",
+    )
+    up.add_argument(
+        "--models",
+        default=str(DEFAULT_MODEL_FILE),
+        help="YAML file of models to register (default: %(default)s)",
+    )
+    up.add_argument("--nodes", type=int, default=2, help="simulated GPU nodes (default 2)")
+    up.add_argument("--gpus-per-node", type=int, default=1)
+    up.add_argument(
+        "--gpu-model",
+        default="A100-SXM4-40GB",
+        help="simulated GPU model: A100-SXM4-40GB, A100-80GB, H100-80GB, H200-141GB",
+    )
+    up.add_argument("--gateway-port", type=int, default=8080, help="0 picks a free port")
+    up.add_argument(
+        "--sim-startup",
+        type=float,
+        default=0.5,
+        help="seconds the sim engine pretends to load (default 0.5)",
+    )
+    up.add_argument("--ready-timeout", type=float, default=60.0)
+    up.add_argument(
+        "--detach", action="store_true", help="return once the gateway answers; print the URLs"
+    )
+    up.set_defaults(func=cmd_up)
+
+    down = sub.add_parser("down", help="stop everything `up` started; leave no process or slice")
+    down.set_defaults(func=cmd_down)
+
+    for name, helptext, func in (
+        ("status", "show nodes, GPU layouts, instances and models", cmd_status),
+        ("trace", "print the event stream readably", cmd_trace),
+    ):
+        sp = sub.add_parser(name, help=helptext)
+        sp.add_argument("--nats-url", help="NATS URL (default: the local stack's)")
+        sp.add_argument("--gateway-url", help=argparse.SUPPRESS)
+        sp.set_defaults(func=func)
+        if name == "status":
+            sp.add_argument("--json", action="store_true", help="machine-readable, with URLs")
+        else:
+            sp.add_argument(
+                "trace_id", nargs="?", help="only events of this trace (a prefix works)"
+            )
+            sp.add_argument(
+                "--kind",
+                action="append",
+                choices=EVENT_KINDS,
+                help="only events of this kind (repeatable)",
+            )
+            sp.add_argument("--new", action="store_true", help="only events from now on")
+            sp.add_argument("--no-follow", action="store_true", help="print what is there and exit")
+            sp.add_argument("--seconds", type=float, default=None, help="follow for this long")
+            sp.add_argument(
+                "--snapshots", action="store_true", help="include metrics.snapshot events"
+            )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except MigserveError as exc:
+        print(f"migserve: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(json.dumps({"error": str(exc)}), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
