@@ -39,7 +39,7 @@ def now() -> float:
 
 
 # Registry --------------------------------------------------------------------
-class ModelSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class ModelSpec(Struct, frozen=True, kw_only=True):
     """A model that migserve may serve, and its policy (the models KV bucket)."""
 
     model_id: ModelId
@@ -59,7 +59,7 @@ class ModelSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
 
 
 # Inference jobs ---------------------------------------------------------------
-class ChatMessage(Struct, frozen=True, forbid_unknown_fields=True):
+class ChatMessage(Struct, frozen=True):
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str
 

@@ -20,6 +20,7 @@ Instances"), nvml.h, NVIDIA/mig-parted.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -154,6 +155,12 @@ GPU_MODELS: tuple[GpuModel, ...] = (
 )
 
 
+def _names_alias(name: str, alias: str) -> bool:
+    """Whether ``alias`` occurs in ``name`` as whole tokens ("NVIDIA GH200" is no H200)."""
+    pattern = rf"(?<![a-z0-9]){re.escape(alias.lower())}(?![a-z0-9])"
+    return re.search(pattern, name.lower()) is not None
+
+
 @cache
 def gpu_model(name: str) -> GpuModel:
     """The GPU model whose name, or one of whose NVML names, matches ``name``."""
@@ -161,7 +168,7 @@ def gpu_model(name: str) -> GpuModel:
         if name == model.name:
             return model
     for model in GPU_MODELS:
-        if any(alias.lower() in name.lower() for alias in model.nvml_names):
+        if any(_names_alias(name, alias) for alias in model.nvml_names):
             return model
     known = ", ".join(m.name for m in GPU_MODELS)
     raise NotSupportedError(f"GPU model {name!r} is not MIG-capable or unknown (known: {known})")

@@ -33,7 +33,7 @@ CANCEL_WILDCARD: Final = f"{PREFIX}.cancel.*"
 # KV buckets ----------------------------------------------------------------
 KV_MODELS: Final = "migserve_models"  # key: model token -> ModelSpec
 KV_NODES: Final = "migserve_nodes"  # key: node token -> NodeState
-KV_INSTANCES: Final = "migserve_instances"  # key: instance id -> InstanceRecord
+KV_INSTANCES: Final = "migserve_instances"  # key: instance token -> InstanceRecord
 KV_PLANS: Final = "migserve_plans"  # key: model token -> Plan
 KV_LEADER: Final = "migserve_leader"  # key: "scaler" -> lease
 
@@ -48,6 +48,11 @@ def model_key(model_id: str) -> str:
 def node_key(node: str) -> str:
     """KV key for a node name in the nodes bucket."""
     return encode_token(node)
+
+
+def instance_key(instance_id: str) -> str:
+    """KV key for an instance id in the instances bucket."""
+    return encode_token(instance_id)
 
 
 def infer(model_id: str) -> str:

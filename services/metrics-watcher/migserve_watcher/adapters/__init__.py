@@ -1,0 +1,1 @@
+"""I/O around the watcher's core: scraping /metrics and reading Prometheus text."""

@@ -1,0 +1,236 @@
+"""The scaler service: keeps the view current, feeds events and ticks to the core,
+runs the core's effects.
+
+Loops (one task group): a watch per KV bucket (models, nodes, instances,
+plans), the events consumer (started once every bucket has been read), and a
+ticker for time-driven decisions. Decisions run one at a time under a lock,
+so the core always sees a consistent view. An event is acknowledged after its
+effects ran; when handling fails (NATS unreachable, say) it is negatively
+acknowledged and comes back a second later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from contextlib import suppress
+
+import nats.errors
+from migserve_shared import subjects
+from migserve_shared.bus import EventPublisher, ensure_jetstream, open_buckets
+from migserve_shared.errors import BadMessageError
+from migserve_shared.ids import new_id
+from migserve_shared.logs import log_context
+from migserve_shared.messages import (
+    Demand,
+    Event,
+    ModelRegistered,
+    ModelRemoved,
+    NodeInventory,
+    decode_event,
+    event_kind,
+)
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from migserve_scaler.adapters.effects import EffectRunner
+from migserve_scaler.adapters.events import ensure_events_consumer
+from migserve_scaler.adapters.kv_watch import watch_bucket
+from migserve_scaler.adapters.view_store import WATCHED_BUCKETS, ViewStore
+from migserve_scaler.core import IdSource, Memory, Outcome, Policy, on_event, on_tick
+from migserve_scaler.metrics import ScalerMetrics
+from migserve_scaler.settings import ScalerSettings
+
+log = logging.getLogger(__name__)
+
+_BATCH = 32
+_FETCH_TIMEOUT_S = 0.5
+_MAX_CONFLICT_RETRIES = 3
+
+
+class Scaler:
+    def __init__(
+        self,
+        *,
+        settings: ScalerSettings,
+        nc: NATS,
+        metrics: ScalerMetrics,
+        clock: Callable[[], float] = time.time,
+        ids: IdSource = new_id,
+    ) -> None:
+        self._settings = settings
+        self._nc = nc
+        self._metrics = metrics
+        self._clock = clock
+        self._ids = ids
+        self._policy = Policy(plan_timeout_s=settings.plan_timeout_s)
+        self._memory = Memory()
+        self._lock = asyncio.Lock()
+
+    async def run(self, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> None:
+        """Run until ``stop`` is set; set ``ready`` once the view is loaded and
+        the consumer is bound."""
+        js = self._nc.jetstream()
+        await ensure_jetstream(js)
+        buckets = await open_buckets(js)
+        store = ViewStore(buckets=buckets, metrics=self._metrics)
+        runner = EffectRunner(
+            js=js,
+            buckets=buckets,
+            publisher=EventPublisher(js, source=self._settings.scaler_id),
+            store=store,
+            metrics=self._metrics,
+        )
+        loaded = {b: asyncio.Event() for b in WATCHED_BUCKETS}
+        async with asyncio.TaskGroup() as tg:
+            for bucket in WATCHED_BUCKETS:
+                tg.create_task(
+                    watch_bucket(
+                        store.kv(bucket), store.sink(bucket), loaded=loaded[bucket], stop=stop
+                    ),
+                    name=f"scaler-watch-{bucket}",
+                )
+            started = asyncio.Event()
+            tg.create_task(
+                self._consume(
+                    js, store=store, runner=runner, loaded=loaded, stop=stop, started=started
+                ),
+                name="scaler-events",
+            )
+            tg.create_task(self._ticks(store, runner, started, stop), name="scaler-ticks")
+            if ready is not None:
+                tg.create_task(_forward(started, ready, stop), name="scaler-ready")
+
+    async def _consume(
+        self,
+        js: JetStreamContext,
+        *,
+        store: ViewStore,
+        runner: EffectRunner,
+        loaded: dict[str, asyncio.Event],
+        stop: asyncio.Event,
+        started: asyncio.Event,
+    ) -> None:
+        for event in loaded.values():
+            if not await _wait_or_stop(event, stop):
+                return
+        log.info(
+            "view loaded: %d models, %d nodes, %d instances, %d plans",
+            len(store.models),
+            len(store.nodes),
+            len(store.instances),
+            len(store.plans),
+        )
+        durable = await ensure_events_consumer(js)
+        psub = await js.pull_subscribe_bind(durable, subjects.EVENTS_STREAM)
+        started.set()
+        try:
+            while not stop.is_set():
+                try:
+                    msgs = await psub.fetch(_BATCH, timeout=_FETCH_TIMEOUT_S)
+                except nats.errors.TimeoutError:
+                    continue
+                for msg in msgs:
+                    await self._handle(msg, store, runner)
+        finally:
+            with suppress(Exception):
+                await psub.unsubscribe()
+
+    async def _handle(self, msg: Msg, store: ViewStore, runner: EffectRunner) -> None:
+        try:
+            event = decode_event(msg.data)
+        except BadMessageError as exc:
+            self._metrics.bad_messages.labels("events").inc()
+            log.warning("dropping bad event on %s: %s", msg.subject, exc)
+            await msg.term()
+            return
+        kind = event_kind(event)
+        self._metrics.events.labels(kind).inc()
+        model = getattr(event, "model_id", None)
+        with log_context(trace_id=event.trace_id, model=model, event=kind):
+            try:
+                await self._refresh_for(event, store)
+                await self._decide(
+                    lambda memory: on_event(
+                        store.view(),
+                        memory,
+                        event,
+                        self._clock(),
+                        policy=self._policy,
+                        ids=self._ids,
+                    ),
+                    runner,
+                )
+            except Exception as exc:
+                self._metrics.errors.inc()
+                log.warning("handling %s failed, will retry: %s", kind, exc, exc_info=True)
+                with suppress(Exception):
+                    await msg.nak(delay=1.0)
+                return
+        await msg.ack()
+
+    async def _refresh_for(self, event: Event, store: ViewStore) -> None:
+        """Read again the keys an event is about, so the decision sees KV at least
+        as new as the event (the watches may lag a moment behind the stream)."""
+        if isinstance(event, ModelRegistered):
+            await store.refresh(subjects.KV_MODELS, subjects.model_key(event.model.model_id))
+        elif isinstance(event, ModelRemoved):
+            await store.refresh(subjects.KV_MODELS, subjects.model_key(event.model_id))
+        elif isinstance(event, NodeInventory):
+            await store.refresh(subjects.KV_NODES, subjects.node_key(event.node.node))
+        elif isinstance(event, Demand):
+            if event.model_id not in store.models:
+                await store.refresh(subjects.KV_MODELS, subjects.model_key(event.model_id))
+        elif instance_id := getattr(event, "instance_id", ""):
+            await store.refresh(subjects.KV_INSTANCES, subjects.instance_key(instance_id))
+
+    async def _ticks(
+        self, store: ViewStore, runner: EffectRunner, started: asyncio.Event, stop: asyncio.Event
+    ) -> None:
+        """Time-driven decisions (plan timeouts, resends) every tick interval."""
+        if not await _wait_or_stop(started, stop):
+            return
+        while not stop.is_set():
+            try:
+                await self._decide(
+                    lambda memory: on_tick(
+                        store.view(), memory, self._clock(), policy=self._policy
+                    ),
+                    runner,
+                )
+            except Exception as exc:
+                self._metrics.errors.inc()
+                log.warning("tick failed: %s", exc, exc_info=True)
+            with suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._settings.tick_interval_s)
+
+    async def _decide(self, decide: Callable[[Memory], Outcome], runner: EffectRunner) -> None:
+        """Decide and run the effects; decide again after a lost compare-and-set."""
+        async with self._lock:
+            for _ in range(_MAX_CONFLICT_RETRIES):
+                outcome = decide(self._memory)
+                level = logging.INFO if outcome.effects else logging.DEBUG
+                for note in outcome.notes:
+                    log.log(level, "%s", note)
+                if await runner.run(outcome):
+                    self._memory = outcome.memory
+                    return
+            log.warning("plan kept changing under us; giving up on this decision")
+
+
+async def _wait_or_stop(event: asyncio.Event, stop: asyncio.Event) -> bool:
+    """Wait for ``event``; False if ``stop`` was set first."""
+    while not event.is_set():
+        if stop.is_set():
+            return False
+        with suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), 0.25)
+    return True
+
+
+async def _forward(started: asyncio.Event, ready: asyncio.Event, stop: asyncio.Event) -> None:
+    if await _wait_or_stop(started, stop):
+        ready.set()
