@@ -60,7 +60,11 @@ async def connect(settings: NatsSettings, *, connect_timeout: float = 5.0) -> NA
     async def on_error(exc: Exception) -> None:
         log.warning("nats error: %s", exc, extra={"nats_error": type(exc).__name__})
 
+    client: list[NATS] = []
+
     async def on_disconnected() -> None:
+        if client and (client[0].is_closed or client[0].is_draining):
+            return  # a shutdown we asked for, not an outage
         log.warning("nats disconnected; reconnecting")
 
     async def on_reconnected() -> None:
@@ -72,7 +76,7 @@ async def connect(settings: NatsSettings, *, connect_timeout: float = 5.0) -> NA
     if settings.user:
         kwargs["user"] = settings.user
         kwargs["password"] = settings.password or ""
-    return await nats.connect(
+    nc = await nats.connect(
         servers=[settings.url],
         name=settings.name,
         connect_timeout=connect_timeout,
@@ -84,6 +88,8 @@ async def connect(settings: NatsSettings, *, connect_timeout: float = 5.0) -> NA
         reconnected_cb=on_reconnected,
         **kwargs,
     )
+    client.append(nc)
+    return nc
 
 
 STREAMS: tuple[StreamConfig, ...] = (

@@ -1,0 +1,17 @@
+"""The engine bridge: one process beside one engine instance.
+
+It pulls the model's jobs from the shared JetStream work queue (one
+outstanding pull per free engine slot, so dispatch is load-aware), calls the
+engine's OpenAI-compatible streaming API over HTTP, streams the tokens back to
+the job's reply inbox, and exports engine-agnostic token-latency metrics.
+
+Modules, one responsibility each:
+
+- ``settings``: the command line and environment, validated once
+- ``sse`` and ``dialect``: pure wire formats (engine requests, SSE parsing)
+- ``policy``: pure decisions (retry or give up, expiry, finish reasons)
+- ``running``: the jobs in hand and the cancels seen recently
+- ``engine``: the HTTP adapter to the engine; ``gate``: is the engine ready
+- ``metrics`` and ``http``: Prometheus series and their tiny HTTP server
+- ``jobs``: handling one job message; ``app``: the wiring; ``__main__``: the process
+"""
