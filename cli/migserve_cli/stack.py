@@ -124,9 +124,9 @@ def up(opts: StackOptions, say: Say) -> StackFile:
     home.mkdir(parents=True, exist_ok=True)
     logs = home / "logs"
     stack = StackFile(home=str(home), started=now(), engine=opts.engine or "per model file")
+    logs.mkdir(parents=True, exist_ok=True)
     say(f"starting nats-server (JetStream, data in {home / 'nats'})")
     nats = start_nats_server(home / "nats", log_file=logs / "nats-server.log", detach=True)
-    logs.mkdir(parents=True, exist_ok=True)
     stack.nats_url, stack.nats_monitor_url = nats.url, nats.monitor_url
     stack.processes.append(
         _entry(ProcessRef.of("nats-server", nats.pid, str(logs / "nats-server.log")))

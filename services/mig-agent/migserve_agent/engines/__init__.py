@@ -1,0 +1,1 @@
+"""Engine adapters: how to launch one inference server on one slice, per engine kind."""

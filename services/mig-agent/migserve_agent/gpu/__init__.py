@@ -1,0 +1,1 @@
+"""GPU backends: the NVML-shaped operations the agent needs, behind one Protocol."""
