@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -131,9 +132,14 @@ BUCKETS: dict[str, tuple[int, float | None]] = {
 }
 
 
-async def ensure_jetstream(js: JetStreamContext) -> None:
-    """Create (or update) the streams and KV buckets; safe to call from every service."""
+async def ensure_jetstream(js: JetStreamContext, *, replicas: int = 1) -> None:
+    """Create (or update) the streams and KV buckets; safe to call from every service.
+
+    ``replicas`` is the number of copies on a NATS cluster (MIGSERVE_JS_REPLICAS);
+    every service must pass the same value, or the last one to start wins.
+    """
     for cfg in STREAMS:
+        cfg = _with_replicas(cfg, replicas)
         try:
             await js.add_stream(config=cfg)
         except BadRequestError:
@@ -141,9 +147,15 @@ async def ensure_jetstream(js: JetStreamContext) -> None:
     for bucket, (history, ttl) in BUCKETS.items():
         try:
             await js.key_value(bucket)
-        except Exception:
+        except Exception:  # nats-py raises BucketNotFoundError or NotFoundError
             with contextlib.suppress(BadRequestError):
-                await js.create_key_value(bucket=bucket, history=history, ttl=ttl)
+                await js.create_key_value(
+                    bucket=bucket, history=history, ttl=ttl, replicas=replicas
+                )
+
+
+def _with_replicas(cfg: StreamConfig, replicas: int) -> StreamConfig:
+    return dataclasses.replace(cfg, num_replicas=replicas)
 
 
 @dataclass(frozen=True, slots=True)

@@ -96,6 +96,8 @@ class NatsSettings:
     password: str | None = None
     creds_file: str | None = None
     name: str = "migserve"
+    #: copies of each JetStream stream and bucket (3 on a 3-server NATS cluster)
+    js_replicas: int = 1
 
 
 def nats_settings(env: Env, name: str) -> NatsSettings:
@@ -108,4 +110,5 @@ def nats_settings(env: Env, name: str) -> NatsSettings:
         password=env.optional("MIGSERVE_NATS_PASSWORD"),
         creds_file=env.optional("MIGSERVE_NATS_CREDS"),
         name=name,
+        js_replicas=env.integer("MIGSERVE_JS_REPLICAS", 1, min=1, max=5),
     )

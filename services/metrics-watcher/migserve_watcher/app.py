@@ -72,7 +72,7 @@ class Watcher:
     async def run(self, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> None:
         """Poll every interval until ``stop`` is set."""
         js = self._nc.jetstream()
-        await ensure_jetstream(js)
+        await ensure_jetstream(js, replicas=self._settings.nats.js_replicas)
         buckets = await open_buckets(js)
         publisher = EventPublisher(js, source=self._settings.source)
         if ready is not None:

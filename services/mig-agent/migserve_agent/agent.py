@@ -110,7 +110,7 @@ class Agent:
         """Start, serve until ``stop`` is set, finish the commands in hand."""
         s = self.settings
         js = self._nc.jetstream()
-        await ensure_jetstream(js)
+        await ensure_jetstream(js, replicas=s.nats.js_replicas)
         buckets = await open_buckets(js)
         events = EventPublisher(js, source=f"mig-agent/{s.node}")
         self._slices = SliceManager(

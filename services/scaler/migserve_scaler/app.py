@@ -74,7 +74,7 @@ class Scaler:
         """Run until ``stop`` is set; set ``ready`` once the view is loaded and
         the consumer is bound."""
         js = self._nc.jetstream()
-        await ensure_jetstream(js)
+        await ensure_jetstream(js, replicas=self._settings.nats.js_replicas)
         buckets = await open_buckets(js)
         store = ViewStore(buckets=buckets, metrics=self._metrics)
         runner = EffectRunner(

@@ -101,7 +101,7 @@ class Bridge:
                     return
                 stack.push_async_callback(drain_quietly, nc)
                 js = nc.jetstream()
-                await ensure_jetstream(js)
+                await ensure_jetstream(js, replicas=s.nats.js_replicas)
                 durable = await ensure_jobs_consumer(js, s.model, ack_wait=s.ack_wait_s)
                 await nc.subscribe(subjects.CANCEL_WILDCARD, cb=self._on_cancel)
                 pulls = [

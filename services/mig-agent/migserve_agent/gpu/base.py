@@ -33,6 +33,8 @@ class GpuInfo:
     name: str
     mig_enabled: bool
     memory_mb: int
+    #: NVML's MIG mode in words, e.g. "current enabled, pending disabled" ("" if not known)
+    mig_mode: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
