@@ -1,0 +1,1 @@
+"""The HTTP layer: FastAPI routers, body reading, error handlers and middleware."""

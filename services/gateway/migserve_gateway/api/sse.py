@@ -1,0 +1,119 @@
+"""Streaming a job to the client as server-sent events, and noticing when it leaves.
+
+``DisconnectWatch`` waits on the ASGI ``receive`` channel for
+``http.disconnect`` while the request is held or streamed, and tells the job
+(which then cancels itself). ``JobStreamResponse`` writes the chunks: tokens
+as ``chat.completion.chunk`` lines, the end marker as the final chunk
+(+ usage when asked) and ``[DONE]``, an error after the first token as an
+``error`` event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from migserve_shared.logs import log_context
+from migserve_shared.messages import JobEnd, JobError, TokenChunk
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from migserve_gateway.core.errors import ApiError, from_job_error
+from migserve_gateway.core.render import ChunkRenderer, usage
+from migserve_gateway.dispatch import ClientGoneError, JobRun
+
+log = logging.getLogger(__name__)
+
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+class DisconnectWatch:
+    """Calls ``on_disconnect`` once if the client disconnects before ``stop()``."""
+
+    def __init__(self, receive: Receive, on_disconnect: Callable[[], None]) -> None:
+        self._task = asyncio.create_task(self._watch(receive, on_disconnect), name="client-watch")
+
+    @staticmethod
+    async def _watch(receive: Receive, on_disconnect: Callable[[], None]) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                on_disconnect()
+                return
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+class JobStreamResponse(Response):
+    """Streams one job's replies as OpenAI chat.completion.chunk events."""
+
+    def __init__(
+        self,
+        *,
+        run: JobRun,
+        first: TokenChunk | JobEnd,
+        renderer: ChunkRenderer,
+        watch: DisconnectWatch,
+    ) -> None:
+        super().__init__(status_code=200)
+        self._run = run
+        self._first = first
+        self._renderer = renderer
+        self._watch = watch
+        self.raw_headers = [*SSE_HEADERS]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        run = self._run
+        try:
+            with log_context(model=run.model):
+                await send(
+                    {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
+                )
+                await self._stream(send)
+        finally:
+            await self._watch.stop()
+            await run.close()
+
+    async def _stream(self, send: Send) -> None:
+        run, render = self._run, self._renderer
+        reply: TokenChunk | JobEnd | JobError = self._first
+        tokens = 0
+        first = True
+        try:
+            while True:
+                if isinstance(reply, TokenChunk):
+                    tokens += 1
+                    body = render.token(reply.text, first=first)
+                    first = False
+                elif isinstance(reply, JobEnd):
+                    body = b""
+                    if first:
+                        body = render.token("", first=True)
+                    used = usage(reply.prompt_tokens, reply.completion_tokens or tokens)
+                    body += render.end(reply.finish_reason, used)
+                    await send({"type": "http.response.body", "body": body, "more_body": False})
+                    return
+                else:
+                    err = from_job_error(reply.code, reply.message, run.model)
+                    await self._fail(send, err)
+                    return
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+                reply = await run.next_reply()
+        except ClientGoneError:
+            log.info("client left during the stream of job %s", run.job.job_id)
+        except ApiError as err:
+            await self._fail(send, err)
+
+    async def _fail(self, send: Send, err: ApiError) -> None:
+        log.warning("stream of job %s ended with an error: %s", self._run.job.job_id, err.message)
+        body = self._renderer.error(err)
+        await send({"type": "http.response.body", "body": body, "more_body": False})
