@@ -76,6 +76,33 @@ class ProcessRef:
         return True
 
 
+def spawn_detached(
+    argv: Sequence[str], *, env: Mapping[str, str], log_path: Path, cwd: Path | None = None
+) -> int:
+    """Start ``argv`` in a new session, detached from us; return its PID.
+
+    A short-lived shell starts the process in the background and exits, so the
+    process is not our child: it outlives this command (``migserve up
+    --detach``), and init reaps it when it ends. Output goes to ``log_path``.
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    # the child's output goes to the log, so only the shell holds our pipe
+    launcher = '"$@" >>"$0" 2>&1 </dev/null & echo $!'
+    shell = subprocess.Popen(
+        ["/bin/sh", "-c", launcher, str(log_path), *argv],
+        env=dict(env),
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    out, _ = shell.communicate(timeout=10)
+    pid_text = out.decode().strip()
+    if not pid_text.isdigit():
+        raise OSError(f"could not start {argv[0]} (see {log_path})")
+    return int(pid_text)
+
+
 def spawn(
     name: str,
     argv: Sequence[str],
@@ -83,18 +110,8 @@ def spawn(
     env: Mapping[str, str],
     log_dir: Path,
     cwd: Path | None = None,
-) -> tuple[ProcessRef, subprocess.Popen[bytes]]:
-    """Start a detached process (own session) logging to ``log_dir/<name>.log``."""
-    log_dir.mkdir(parents=True, exist_ok=True)
+) -> ProcessRef:
+    """Start a detached process logging to ``log_dir/<name>.log``."""
     log_path = log_dir / f"{name}.log"
-    with open(log_path, "ab") as out:
-        proc = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=dict(env),
-            cwd=cwd,
-            start_new_session=True,
-        )
-    return ProcessRef.of(name, proc.pid, str(log_path)), proc
+    pid = spawn_detached(argv, env=env, log_path=log_path, cwd=cwd)
+    return ProcessRef.of(name, pid, str(log_path))

@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 
-import nats.errors
 from migserve_shared import subjects
 from migserve_shared.bus import EventPublisher, ensure_jetstream, open_buckets
 from migserve_shared.errors import BadMessageError
@@ -131,7 +130,7 @@ class Scaler:
             while not stop.is_set():
                 try:
                     msgs = await psub.fetch(_BATCH, timeout=_FETCH_TIMEOUT_S)
-                except nats.errors.TimeoutError:
+                except TimeoutError:  # nats-py raises both its own and asyncio.TimeoutError
                     continue
                 for msg in msgs:
                     await self._handle(msg, store, runner)

@@ -6,7 +6,6 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-import nats.errors
 from nats.js.kv import KeyValue
 
 log = logging.getLogger(__name__)
@@ -29,7 +28,7 @@ async def watch_bucket(
         while not stop.is_set():
             try:
                 entry = await watcher.updates(timeout=poll_s)  # type: ignore[no-untyped-call]
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats-py raises both its own and asyncio.TimeoutError
                 continue
             if entry is None:  # caught up with the bucket's current contents
                 loaded.set()
