@@ -4,6 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/bootstrap.sh
+# The llamacpp integration and end-to-end tests run the real llama-server: build
+# it once per machine (5-12 minutes on 2 cores, progress on stderr; cached by
+# version under ${MIGSERVE_CACHE:-~/.cache/migserve}, so later runs skip this).
+scripts/build-llama-server.sh >/dev/null
 set +e
 uv run pytest "$@"
 rc=$?

@@ -10,6 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
+from migserve_agent.gpu import inspect as gpu_inspect
 from migserve_shared.errors import ConfigError, MigserveError
 from migserve_shared.messages import EVENT_KINDS
 
@@ -122,6 +123,15 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gpu_inspect(args: argparse.Namespace) -> int:
+    reports = gpu_inspect.inspect_node(index=args.index)
+    if args.json:
+        sys.stdout.buffer.write(gpu_inspect.to_json(reports) + b"\n")
+    else:
+        _say(gpu_inspect.render_text(reports))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="migserve", description=__doc__)
     p.add_argument("--home", help="local stack directory (default $MIGSERVE_HOME or ~/.migserve)")
@@ -132,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--engine",
         choices=ENGINES,
         default=None,
-        help="engine for every model (default: as in the model file)",
+        help="engine for every model (default: as in the model file; models/default.yaml "
+        "says llamacpp, the real SmolLM2; sim ignores the model source)",
     )
     up.add_argument(
         "--models",
@@ -158,6 +169,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--detach", action="store_true", help="return once the gateway answers; print the URLs"
     )
     up.set_defaults(func=cmd_up)
+
+    gpu = sub.add_parser("gpu", help="this machine's NVIDIA GPUs, read through NVML")
+    gpu_sub = gpu.add_subparsers(dest="gpu_command", required=True)
+    inspect = gpu_sub.add_parser(
+        "inspect",
+        help="show MIG mode, GPU instance profiles (memory, SMs), possible placements and "
+        "existing GPU/compute instances; read-only, changes nothing",
+        description=gpu_inspect.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    inspect.add_argument("--json", action="store_true", help="machine-readable")
+    inspect.add_argument("--index", type=int, default=None, help="only this GPU (NVML index)")
+    inspect.set_defaults(func=cmd_gpu_inspect)
 
     down = sub.add_parser("down", help="stop everything `up` started; leave no process or slice")
     down.set_defaults(func=cmd_down)

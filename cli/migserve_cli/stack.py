@@ -32,6 +32,7 @@ from migserve_shared.messages import (
     now,
 )
 
+from migserve_cli.llama_build import ensure_llama_server
 from migserve_cli.nats_server import start_nats_server
 from migserve_cli.procs import ProcessRef, spawn
 
@@ -121,6 +122,9 @@ def up(opts: StackOptions, say: Say) -> StackFile:
         raise ConfigError(
             f"a local stack is already running from {home}: run `migserve down` first"
         )
+    agent_env: dict[str, str] = {}
+    if any((opts.engine or spec.engine) == "llamacpp" for spec in opts.models):
+        agent_env["MIGSERVE_LLAMA_SERVER"] = str(ensure_llama_server(os.environ, say))
     home.mkdir(parents=True, exist_ok=True)
     logs = home / "logs"
     stack = StackFile(home=str(home), started=now(), engine=opts.engine or "per model file")
@@ -129,7 +133,11 @@ def up(opts: StackOptions, say: Say) -> StackFile:
     nats = start_nats_server(home / "nats", log_file=logs / "nats-server.log", detach=True)
     stack.nats_url, stack.nats_monitor_url = nats.url, nats.monitor_url
     stack.processes.append(
-        _entry(ProcessRef.of("nats-server", nats.pid, str(logs / "nats-server.log")))
+        _entry(
+            ProcessRef(
+                nats.ref.name, nats.ref.pid, nats.ref.start_ticks, str(logs / "nats-server.log")
+            )
+        )
     )
     _write_stack(stack)
     asyncio.run(_prepare_jetstream(nats.url))
@@ -166,11 +174,12 @@ def up(opts: StackOptions, say: Say) -> StackFile:
                     "MIGSERVE_RUNTIME": "process",
                     "MIGSERVE_STATE_DIR": str(home / "nodes" / node),
                     "MIGSERVE_SIM_ENGINE_STARTUP_S": str(opts.sim_engine_startup_s),
+                    **agent_env,
                 },
             )
         )
     for name, argv, env in services:
-        ref, _ = spawn(name, argv, env={**base_env, **env}, log_dir=logs)
+        ref = spawn(name, argv, env={**base_env, **env}, log_dir=logs)
         stack.processes.append(_entry(ref))
         _write_stack(stack)
         say(f"started {name} (pid {ref.pid}, log {ref.log})")

@@ -11,16 +11,18 @@ out (they outlive the agent, and the next agent adopts them).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from migserve_shared.bus import EventPublisher, ensure_jetstream, open_buckets
-from migserve_shared.errors import ErrorCode
+from migserve_shared.errors import ConfigError, ErrorCode
 from migserve_shared.ids import new_id
 from nats.aio.client import Client as NATS
 
 from migserve_agent.commands import CommandConsumer
 from migserve_agent.engines.registry import EngineRegistry, default_registry
 from migserve_agent.gpu.base import GpuBackend
+from migserve_agent.gpu.nvml import NvmlGpuBackend
 from migserve_agent.gpu.ownership import SliceOwnership
 from migserve_agent.gpu.simulated import SimulatedGpuBackend
 from migserve_agent.instances import InstanceManager
@@ -29,6 +31,7 @@ from migserve_agent.ledger import CommandLedger
 from migserve_agent.metrics import AgentMetrics
 from migserve_agent.reconcile import reconcile
 from migserve_agent.runtime.base import Runtime
+from migserve_agent.runtime.pod_settings import bridge_environment
 from migserve_agent.runtime.process import ProcessRuntime
 from migserve_agent.settings import AgentSettings
 from migserve_agent.slices import SliceManager
@@ -38,7 +41,9 @@ log = logging.getLogger(__name__)
 
 
 def build_gpu_backend(settings: AgentSettings) -> GpuBackend:
-    """The GPU backend the settings name (only ``simulated`` exists so far)."""
+    """The GPU backend the settings name: real GPUs through NVML, or simulated ones."""
+    if settings.gpu_backend == "nvml":
+        return NvmlGpuBackend(gpu_indices=settings.nvml_gpus)
     return SimulatedGpuBackend(
         settings.sim_gpus,
         state_file=settings.state_dir / "simulated-gpus.json",
@@ -48,13 +53,40 @@ def build_gpu_backend(settings: AgentSettings) -> GpuBackend:
 
 
 def build_runtime(settings: AgentSettings) -> Runtime:
-    """The runtime the settings name (only ``process`` exists so far)."""
+    """The ``process`` runtime (``open_runtime`` opens the others)."""
+    if settings.runtime != "process":
+        raise ConfigError(f"MIGSERVE_RUNTIME={settings.runtime} is opened by open_runtime()")
     return ProcessRuntime(
         state_dir=settings.state_dir,
         nats_url=settings.nats.url,
         engine_host=settings.engine_host,
         bridge_command=settings.bridge_command,
     )
+
+
+async def open_runtime(settings: AgentSettings, stack: contextlib.AsyncExitStack) -> Runtime:
+    """The runtime the settings name, ready to use; ``stack`` closes it."""
+    if settings.runtime != "kubernetes":
+        return build_runtime(settings)
+    # imported here: the kubernetes client is the agent's optional "kubernetes" extra
+    from migserve_agent.runtime import kubernetes
+
+    nats = settings.nats
+    if (nats.user or nats.creds_file) and not settings.pods.bridge_env_secret:
+        log.warning("NATS credentials are not passed to engine pods; put them in a Secret "
+                    "named by MIGSERVE_K8S_BRIDGE_ENV_SECRET")  # fmt: skip
+    runtime = await kubernetes.open_runtime(
+        settings.pods,
+        node=settings.node,
+        bridge_env=bridge_environment(
+            nats_url=nats.url,
+            js_replicas=nats.js_replicas,
+            log_json=settings.log_json,
+            log_level=settings.log_level,
+        ),
+    )
+    stack.callback(runtime.close)
+    return runtime
 
 
 async def _stopped(stop: asyncio.Event, seconds: float) -> bool:
@@ -86,7 +118,9 @@ class Agent:
         self.metrics = metrics or AgentMetrics()
         self.backend = backend or build_gpu_backend(settings)
         self.runtime = runtime or build_runtime(settings)
-        self.engines = engines or default_registry(sim_startup_s=settings.sim_engine_startup_s)
+        self.engines = engines or default_registry(
+            sim_startup_s=settings.sim_engine_startup_s, llama_server=settings.llama_server
+        )
         self.started = asyncio.Event()
         self._nc = nc
         self._in_use_retries = in_use_retries
