@@ -1,0 +1,1 @@
+"""Fakes at migserve's seams (never patches of third-party internals)."""
