@@ -53,15 +53,8 @@ SERVICES = {
 PLANNED_VARIABLES = {
     "MIGSERVE_API_KEYS_FILE": "gateway API keys (issue 4)",
     "MIGSERVE_ADMIN_KEY_FILE": "gateway admin key (issue 4)",
-    "MIGSERVE_ENGINE_IMAGE_TGI": "kubernetes runtime (issue 3)",
-    "MIGSERVE_ENGINE_IMAGE_VLLM": "kubernetes runtime (issue 3)",
-    "MIGSERVE_ENGINE_IMAGE_LLAMACPP": "kubernetes runtime (issue 3)",
-    "MIGSERVE_BRIDGE_IMAGE": "kubernetes runtime (issue 3)",
 }
-PLANNED_VALUES = {
-    ("mig-agent", "MIGSERVE_GPU_BACKEND", "nvml"): "NVML GPU backend (issue 3)",
-    ("mig-agent", "MIGSERVE_RUNTIME", "kubernetes"): "kubernetes runtime (issue 3)",
-}
+PLANNED_VALUES: dict[tuple[str, str, str], str] = {}
 PLANNED_METRICS = {
     "migserve_model_tpot_slo_seconds": "each model's TPOT SLO as a gauge (issue 5)",
     "migserve_agent_slice_info": "one series per MIG slice from the agent (issue 3)",
