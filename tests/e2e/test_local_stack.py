@@ -81,15 +81,22 @@ def test_story_is_in_the_event_stream(stack: local_stack.StackFile) -> None:
     lines: list[str] = []
     asyncio.run(follow(stack.nats_url, lines.append, follow_s=1.0))
     text = "\n".join(lines)
-    for kind in ("model.registered", "demand", "scale.decided", "slice.created",
-                 "instance.starting", "instance.ready", "command.done"):
+    for kind in (
+        "model.registered",
+        "demand",
+        "scale.decided",
+        "slice.created",
+        "instance.starting",
+        "instance.ready",
+        "command.done",
+    ):
         assert f" {kind} " in text, text
     decided = next(line for line in lines if " scale.decided " in line)
     trace = decided.split("trace=")[1].split()[0]
     story = [line for line in lines if f"trace={trace}" in line]
     kinds = [line.split()[1] for line in story]
-    assert kinds.index("scale.decided") < kinds.index("slice.created") < kinds.index(
-        "instance.ready"
+    assert (
+        kinds.index("scale.decided") < kinds.index("slice.created") < kinds.index("instance.ready")
     ), story
 
 
@@ -112,14 +119,20 @@ def test_cli_status_json_has_urls(stack: local_stack.StackFile, tmp_path: Path) 
 
     out = subprocess.run(
         [sys.executable, "-m", "migserve_cli", "--home", stack.home, "status", "--json"],
-        capture_output=True, text=True, timeout=30, check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     )
     data = json.loads(out.stdout)
     assert data["gateway_url"] == stack.gateway_url
     assert data["nats_url"] == stack.nats_url
     text = subprocess.run(
         [sys.executable, "-m", "migserve_cli", "--home", stack.home, "status"],
-        capture_output=True, text=True, timeout=30, check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     ).stdout
     assert "1g.5gb" in text and "[" in text
 

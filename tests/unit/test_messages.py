@@ -92,8 +92,11 @@ def test_new_fields_have_defaults_so_old_payloads_decode() -> None:
         (b'{"model_id":"","memory_mb":1,"tpot_slo_ms":1}', decode_model_spec, "model_id"),
         (b'{"model_id":"m","memory_mb":0,"tpot_slo_ms":1}', decode_model_spec, "memory_mb"),
         (b'{"model_id":"m","memory_mb":1,"tpot_slo_ms":-1}', decode_model_spec, "tpot_slo_ms"),
-        (b'{"model_id":"m","memory_mb":1,"tpot_slo_ms":1,"engine":"gpt"}', decode_model_spec,
-         "engine"),
+        (
+            b'{"model_id":"m","memory_mb":1,"tpot_slo_ms":1,"engine":"gpt"}',
+            decode_model_spec,
+            "engine",
+        ),
         (b'{"type":"token"}', decode_reply, "text"),
         (b'{"job_id":"j"}', decode_job, "model"),
     ],
