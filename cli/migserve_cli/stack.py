@@ -154,6 +154,7 @@ def up(opts: StackOptions, say: Say) -> StackFile:
                 "MIGSERVE_GATEWAY_HOST": "127.0.0.1",
                 "MIGSERVE_GATEWAY_PORT": str(port),
                 "MIGSERVE_GATEWAY_ID": "gateway-1",
+                "MIGSERVE_AUTH_DISABLED": "true",
             },
         ),
         ("scaler", [py, "-m", "migserve_scaler"], {"MIGSERVE_SCALER_ID": "scaler-1"}),
@@ -229,6 +230,7 @@ def _wait_ready(stack: StackFile, opts: StackOptions, say: Say) -> None:
             raise ConfigError(f"nodes {stack.nodes} did not all report their inventory in time")
         time.sleep(0.2)
     say(f"gateway ready at {stack.gateway_url}; nodes {', '.join(stack.nodes)} reported")
+    say("auth is OFF (local development): the gateway trusts every caller")
 
 
 async def _reported_nodes(url: str) -> list[str]:

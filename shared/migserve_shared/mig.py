@@ -248,6 +248,9 @@ def capacity_score(model: GpuModel, slices: Sequence[Slice]) -> tuple[int, int, 
     return largest, COMPUTE_SLICES - compute, MEMORY_SLICES - mask.bit_count()
 
 
+_CELL = 8
+
+
 def render_bar(
     model: GpuModel, slices: Sequence[Slice], labels: dict[int, str] | None = None
 ) -> str:
@@ -263,11 +266,11 @@ def render_bar(
     while pos < MEMORY_SLICES:
         s = by_start.get(pos)
         if s is None:
-            cells.append("·".ljust(3))
+            cells.append("·".ljust(_CELL - 1))
             pos += 1
             continue
         p = model.profile(s.profile_id)
-        width = p.memory_slices * 4 - 1
+        width = p.memory_slices * _CELL - 1
         label = (labels or {}).get(s.start, p.name)
         cells.append(label[:width].ljust(width))
         pos += p.memory_slices

@@ -50,10 +50,7 @@ SERVICES = {
 # What the deployment already uses and the code does not read yet. Each entry
 # names the work that brings it; tests/deploy/test_deploy_drift.py fails once
 # the code has it, so that the entry is removed here and in docs/deploy.md.
-PLANNED_VARIABLES = {
-    "MIGSERVE_API_KEYS_FILE": "gateway API keys (issue 4)",
-    "MIGSERVE_ADMIN_KEY_FILE": "gateway admin key (issue 4)",
-}
+PLANNED_VARIABLES: dict[str, str] = {}
 PLANNED_VALUES: dict[tuple[str, str, str], str] = {}
 PLANNED_METRICS = {
     "migserve_model_tpot_slo_seconds": "each model's TPOT SLO as a gauge (issue 5)",

@@ -61,6 +61,7 @@ async def running_gateway(server: NatsServer, **overrides: Any) -> AsyncIterator
         "MIGSERVE_GATEWAY_ID": "gw-test",
         "MIGSERVE_COLD_START_TIMEOUT_S": "10",
         "MIGSERVE_DEMAND_INTERVAL_S": "0.2",
+        "MIGSERVE_AUTH_DISABLED": "true",
     }
     settings = replace(settings_from_env(env), **overrides)
     stop = asyncio.Event()
@@ -370,6 +371,7 @@ def test_cli_announces_its_port_serves_and_stops_on_sigterm(nats_server: NatsSer
         "MIGSERVE_NATS_URL": nats_server.url,
         "MIGSERVE_GATEWAY_PORT": "0",
         "MIGSERVE_LOG_LEVEL": "warning",
+        "MIGSERVE_AUTH_DISABLED": "true",
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "migserve_gateway"],

@@ -20,6 +20,7 @@ from migserve_gateway.adapters.backend import Backend
 from migserve_gateway.adapters.jobs import JobQueueUnavailableError
 from migserve_gateway.adapters.registry import ModelExistsError
 from migserve_gateway.app import create_app
+from migserve_gateway.core.auth import AuthKeys
 from migserve_gateway.core.view import LiveView
 from migserve_gateway.settings import GatewaySettings
 from migserve_shared.errors import ErrorCode
@@ -46,7 +47,9 @@ SETTINGS = GatewaySettings(
     max_body_bytes=4096,
     default_max_tokens=16,
     max_tokens_limit=100,
+    max_prompt_chars=1000,
     demand_interval_s=0.05,
+    auth_disabled=True,
 )
 
 Script = Callable[[InferenceJob], list[JobReply]]
@@ -160,7 +163,7 @@ def ready_instance(model: str = MODEL, iid: str = "i1") -> InstanceRecord:
 
 @asynccontextmanager
 async def gateway(
-    settings: GatewaySettings = SETTINGS, *, ready: bool = True
+    settings: GatewaySettings = SETTINGS, *, ready: bool = True, auth: AuthKeys | None = None
 ) -> AsyncIterator[Gateway]:
     view = LiveView()
     view.put_model(ModelSpec(model_id=MODEL, memory_mb=1000, tpot_slo_ms=50))
@@ -168,7 +171,7 @@ async def gateway(
         view.put_instance("i1", ready_instance())
     jobs = FakeJobs()
     registry = FakeRegistry(view)
-    app = create_app(settings, Backend(jobs=jobs, registry=registry, view=view))
+    app = create_app(settings, Backend(jobs=jobs, registry=registry, view=view), auth=auth)
     async with app.router.lifespan_context(app) as state:
 
         async def with_state(scope: Scope, receive: Receive, send: Send) -> None:
@@ -207,6 +210,12 @@ BAD_INPUT: list[tuple[dict[str, Any], int, str, str]] = [
     ({"json": chat(max_tokens=0)}, 400, "max_tokens", "100"),
     ({"json": chat(max_tokens=101)}, 400, "max_tokens", "100"),
     ({"json": chat(n=3)}, 400, "unsupported_param", "n=3"),
+    (
+        {"json": chat(messages=[{"role": "user", "content": "x" * 1001}])},
+        400,
+        "prompt_too_long",
+        "limit is 1000 characters",
+    ),
     ({"json": chat(messages=[{"role": "x", "content": "y"}])}, 400, "invalid_value", "role"),
     ({"json": chat(pad="x" * 5000)}, 413, "body_too_large", "4096 bytes"),
     (

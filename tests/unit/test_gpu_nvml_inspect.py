@@ -58,7 +58,10 @@ def test_text_report() -> None:
     uuids = [s for s in text.split() if s.startswith("MIG-")]
     assert len(uuids) == 2
     assert any(line.strip().startswith("1   0   3g.20gb  0") for line in lines)
-    assert "  memory slices: [3g.20gb        |1g.10gb|·  |·  ]" in lines
+    assert (
+        "  memory slices: [3g.20gb                        |1g.10gb        |·      |·      ]"
+        in lines
+    )
     assert "GPU 1: NVIDIA H100 80GB (H100-80GB)" in text
     assert "MIG mode: OFF (current disabled, pending disabled)" in text
     assert "`sudo nvidia-smi -i 1 -mig 1`" in text and "never changes MIG mode" in text

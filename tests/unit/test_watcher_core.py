@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from migserve_watcher.core import (
+from migserve_watcher.core.tpot import (
     History,
     InstanceWindow,
     Sample,

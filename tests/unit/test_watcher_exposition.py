@@ -13,7 +13,7 @@ from migserve_watcher.adapters.exposition import (
     parse_sample,
 )
 from migserve_watcher.adapters.scrape import metrics_url
-from migserve_watcher.core import Sample
+from migserve_watcher.core.tpot import Sample
 from migserve_watcher.settings import settings_from_env
 
 
@@ -142,6 +142,26 @@ def test_settings_defaults_and_errors() -> None:
         ({"MIGSERVE_WATCHER_INTERVAL_S": "soon"}, "MIGSERVE_WATCHER_INTERVAL_S"),
         ({"MIGSERVE_WATCHER_WINDOW_S": "1"}, "MIGSERVE_WATCHER_WINDOW_S"),
         ({"MIGSERVE_WATCHER_METRICS_PORT": "70000"}, "MIGSERVE_WATCHER_METRICS_PORT"),
+        ({"MIGSERVE_SLO_VIOLATION_WINDOWS": "0"}, "MIGSERVE_SLO_VIOLATION_WINDOWS"),
+        ({"MIGSERVE_SLO_UNDERLOAD_WINDOWS": "x"}, "MIGSERVE_SLO_UNDERLOAD_WINDOWS"),
+        ({"MIGSERVE_SLO_LOW_WATERMARK": "1.5"}, "MIGSERVE_SLO_LOW_WATERMARK"),
+        ({"MIGSERVE_SLO_COOLDOWN_S": "-1"}, "MIGSERVE_SLO_COOLDOWN_S"),
     ]:
         with pytest.raises(ConfigError, match=name):
             settings_from_env(env)
+
+
+def test_slo_settings() -> None:
+    slo = settings_from_env({}).slo
+    assert (slo.violation_windows, slo.underload_windows) == (3, 12)
+    assert (slo.low_watermark, slo.cooldown_s) == (0.5, 60)
+    slo = settings_from_env(
+        {
+            "MIGSERVE_SLO_VIOLATION_WINDOWS": "2",
+            "MIGSERVE_SLO_UNDERLOAD_WINDOWS": "20",
+            "MIGSERVE_SLO_LOW_WATERMARK": "0.3",
+            "MIGSERVE_SLO_COOLDOWN_S": "0",
+        }
+    ).slo
+    assert (slo.violation_windows, slo.underload_windows) == (2, 20)
+    assert (slo.low_watermark, slo.cooldown_s) == (0.3, 0)

@@ -59,6 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"migserve-gateway: {exc}", file=sys.stderr)
         return 2
     configure_logging("gateway", level=settings.log_level, json_lines=settings.log_format == "json")
+    if settings.auth_disabled:
+        log.warning("auth is OFF (MIGSERVE_AUTH_DISABLED=true): every caller is trusted")
     try:
         asyncio.run(_run(settings))
     except ConfigError as exc:

@@ -14,9 +14,11 @@ from fastapi import FastAPI
 
 from migserve_gateway.adapters.backend import Backend
 from migserve_gateway.api import admin, chat, models, ops
+from migserve_gateway.api.auth import AuthMiddleware
 from migserve_gateway.api.errors import install_error_handlers
 from migserve_gateway.api.middleware import RequestContextMiddleware
 from migserve_gateway.api.state import GatewayState, LifespanState
+from migserve_gateway.core.auth import AuthKeys
 from migserve_gateway.dispatch import Dispatcher, DispatchTimeouts
 from migserve_gateway.metrics import GatewayMetrics
 from migserve_gateway.settings import GatewaySettings
@@ -38,17 +40,31 @@ def build_state(
         registry=backend.registry,
         view=backend.view,
         dispatcher=Dispatcher(
-            jobs=backend.jobs, view=backend.view, timeouts=timeouts, metrics=metrics
+            jobs=backend.jobs,
+            view=backend.view,
+            timeouts=timeouts,
+            metrics=metrics,
+            admission=settings.admission,
         ),
         metrics=metrics,
     )
 
 
 def create_app(
-    settings: GatewaySettings, backend: Backend, *, metrics: GatewayMetrics | None = None
+    settings: GatewaySettings,
+    backend: Backend,
+    *,
+    metrics: GatewayMetrics | None = None,
+    auth: AuthKeys | None = None,
 ) -> FastAPI:
-    """The gateway's ASGI app over ``backend``."""
+    """The gateway's ASGI app over ``backend``.
+
+    ``auth``: the keys loaded at start; without it only ``settings.auth_disabled``
+    lets requests through (no keys: every protected route answers 401).
+    """
     metrics = metrics or GatewayMetrics()
+    if auth is None:
+        auth = AuthKeys.off() if settings.auth_disabled else AuthKeys()
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[LifespanState]:
@@ -62,5 +78,6 @@ def create_app(
     for module in (chat, models, admin, ops):
         app.include_router(module.router)
     install_error_handlers(app, metrics)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    app.add_middleware(AuthMiddleware, keys=auth, metrics=metrics)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)  # outermost
     return app

@@ -34,6 +34,8 @@ from migserve_shared.messages import (
 
 from migserve_gateway.adapters.jobs import JobClient, JobQueueUnavailableError
 from migserve_gateway.core import errors
+from migserve_gateway.core.admission import Admission, AdmissionLimits
+from migserve_gateway.core.auth import ANONYMOUS
 from migserve_gateway.core.chat import ChatCall, build_job
 from migserve_gateway.core.demand import DemandBook
 from migserve_gateway.core.errors import ApiError
@@ -70,8 +72,10 @@ class Dispatcher:
         view: LiveView,
         timeouts: DispatchTimeouts,
         metrics: GatewayMetrics,
+        admission: AdmissionLimits | None = None,
     ) -> None:
         self.jobs = jobs
+        self.admission = Admission(admission or AdmissionLimits())
         self.view = view
         self.timeouts = timeouts
         self.metrics = metrics
@@ -83,8 +87,24 @@ class Dispatcher:
             return self.timeouts.queue_s
         return self.timeouts.cold_start_s
 
-    async def submit(self, call: ChatCall, ctx: RequestContext, *, started: float) -> JobRun:
-        """Publish the job for ``call``; ApiError(503) when the queue is unreachable."""
+    async def submit(
+        self, call: ChatCall, ctx: RequestContext, *, started: float, caller: str = ANONYMOUS
+    ) -> JobRun:
+        """Publish the job for ``call``; ApiError(503) when the queue is unreachable.
+
+        ApiError 503 / 429 (with Retry-After) when the gateway or ``caller`` is
+        at its in-flight bound; the slot is released when the run closes.
+        """
+        self.admission.admit(caller)
+        try:
+            return await self._submit(call, ctx, started=started, caller=caller)
+        except BaseException:
+            self.admission.release(caller)
+            raise
+
+    async def _submit(
+        self, call: ChatCall, ctx: RequestContext, *, started: float, caller: str
+    ) -> JobRun:
         reply_to, queue = self.jobs.open_replies()
         hold_s = self.hold_s(call.model)
         created = now()
@@ -109,7 +129,7 @@ class Dispatcher:
             if not submitted:
                 self.jobs.close_replies(reply_to)
         self.metrics.in_flight.inc()
-        return JobRun(self, job, queue, hold_s=hold_s, started=started)
+        return JobRun(self, job, queue, hold_s=hold_s, started=started, caller=caller)
 
 
 class JobRun:
@@ -123,8 +143,10 @@ class JobRun:
         *,
         hold_s: float,
         started: float,
+        caller: str = ANONYMOUS,
     ) -> None:
         self._d = dispatcher
+        self.caller = caller
         self.job = job
         self._queue = queue
         self._hold_s = hold_s
@@ -280,6 +302,7 @@ class JobRun:
         self._closed = True
         d = self._d
         d.jobs.close_replies(self.job.reply_to)
+        d.admission.release(self.caller)
         d.metrics.in_flight.dec()
         if not self.finished:
             d.metrics.cancels.inc()

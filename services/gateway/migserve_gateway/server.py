@@ -21,6 +21,7 @@ import uvicorn
 from migserve_shared.errors import ConfigError
 
 from migserve_gateway.adapters.backend import open_nats_backend
+from migserve_gateway.adapters.keyfiles import load_auth_keys
 from migserve_gateway.app import create_app
 from migserve_gateway.metrics import GatewayMetrics
 from migserve_gateway.settings import GatewaySettings
@@ -68,6 +69,9 @@ async def run_gateway(
 ) -> None:
     """Serve until ``stop`` is set; ``on_listening(port)`` once requests are accepted."""
     metrics = GatewayMetrics()
+    auth = load_auth_keys(
+        settings.api_keys_file, settings.admin_key_file, disabled=settings.auth_disabled
+    )
     sock = bind(settings.host, settings.port)
     port = int(sock.getsockname()[1])
     async with AsyncExitStack() as stack:
@@ -83,7 +87,7 @@ async def run_gateway(
                 await opening
             return
         backend = opening.result()
-        app = create_app(settings, backend, metrics=metrics)
+        app = create_app(settings, backend, metrics=metrics, auth=auth)
         config = uvicorn.Config(
             app,
             lifespan="on",

@@ -13,6 +13,12 @@
 | MIGSERVE_MAX_TOKENS_LIMIT | 4096 | largest max_tokens a request may ask for |
 | MIGSERVE_DEMAND_INTERVAL_S | 2.0 | re-publish demand for a waiting model at most this often |
 | MIGSERVE_SHUTDOWN_GRACE_S | 30 | how long in-flight requests may finish on shutdown |
+| MIGSERVE_MAX_PROMPT_CHARS | 131072 | longest prompt, in characters (400 above) |
+| MIGSERVE_MAX_IN_FLIGHT | 1024 | requests in flight in this gateway (503 + Retry-After above) |
+| MIGSERVE_MAX_CONCURRENT_PER_KEY | 64 | requests in flight per API key (429 + Retry-After above) |
+| MIGSERVE_API_KEYS_FILE | (required) | inference API keys, one a line, # comments |
+| MIGSERVE_ADMIN_KEY_FILE | (required) | the admin key (admin API), one line |
+| MIGSERVE_AUTH_DISABLED | false | true turns auth off (local development only; warned at start) |
 | MIGSERVE_NATS_URL, MIGSERVE_LOG_FORMAT, MIGSERVE_LOG_LEVEL | | common to every service |
 """
 
@@ -26,6 +32,7 @@ from dataclasses import dataclass, field
 from migserve_shared.env import Env, NatsSettings, nats_settings
 from migserve_shared.errors import ConfigError
 
+from migserve_gateway.core.admission import AdmissionLimits
 from migserve_gateway.core.chat import RequestLimits
 
 MIB = 1 << 20
@@ -46,15 +53,30 @@ class GatewaySettings:
     max_body_bytes: int = MIB
     default_max_tokens: int = 256
     max_tokens_limit: int = 4096
+    max_prompt_chars: int = 131072
+    max_in_flight: int = 1024
+    max_concurrent_per_key: int = 64
     demand_interval_s: float = 2.0
     shutdown_grace_s: float = 30.0
     log_format: str = "json"
     log_level: str = "INFO"
+    #: read at start by ``adapters.keyfiles.load_auth_keys`` (both needed unless disabled)
+    api_keys_file: str | None = None
+    admin_key_file: str | None = None
+    auth_disabled: bool = False
 
     @property
     def limits(self) -> RequestLimits:
         return RequestLimits(
-            default_max_tokens=self.default_max_tokens, max_tokens_limit=self.max_tokens_limit
+            default_max_tokens=self.default_max_tokens,
+            max_tokens_limit=self.max_tokens_limit,
+            max_prompt_chars=self.max_prompt_chars,
+        )
+
+    @property
+    def admission(self) -> AdmissionLimits:
+        return AdmissionLimits(
+            max_in_flight=self.max_in_flight, max_per_key=self.max_concurrent_per_key
         )
 
 
@@ -91,8 +113,14 @@ def settings_from_env(env: Mapping[str, str]) -> GatewaySettings:
         max_body_bytes=e.integer("MIGSERVE_MAX_BODY_BYTES", MIB, min=64),
         default_max_tokens=default_tokens,
         max_tokens_limit=limit,
+        max_prompt_chars=e.integer("MIGSERVE_MAX_PROMPT_CHARS", 131072, min=1),
+        max_in_flight=e.integer("MIGSERVE_MAX_IN_FLIGHT", 1024, min=1),
+        max_concurrent_per_key=e.integer("MIGSERVE_MAX_CONCURRENT_PER_KEY", 64, min=1),
         demand_interval_s=e.number("MIGSERVE_DEMAND_INTERVAL_S", 2.0, min=0.01),
         shutdown_grace_s=e.number("MIGSERVE_SHUTDOWN_GRACE_S", 30.0, min=0.0),
         log_format=e.choice("MIGSERVE_LOG_FORMAT", "json", ("json", "text")),
         log_level=_log_level(e),
+        api_keys_file=e.optional("MIGSERVE_API_KEYS_FILE"),
+        admin_key_file=e.optional("MIGSERVE_ADMIN_KEY_FILE"),
+        auth_disabled=e.flag("MIGSERVE_AUTH_DISABLED", False),
     )

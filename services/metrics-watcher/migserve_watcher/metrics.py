@@ -24,6 +24,12 @@ class WatcherMetrics:
         self.snapshots = Counter(
             "migserve_watcher_snapshots", "metrics.snapshot events published", registry=reg
         )
+        self.slo_events = Counter(
+            "migserve_watcher_slo_events",
+            "slo.violation, slo.recovered and slo.underload events published, by kind",
+            ["kind"],
+            registry=reg,
+        )
         self.errors = Counter(
             "migserve_watcher_errors", "Polls that failed (retried next interval)", registry=reg
         )

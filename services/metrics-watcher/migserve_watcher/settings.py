@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from migserve_shared.env import Env, NatsSettings, nats_settings
 from migserve_shared.errors import ConfigError
+
+from migserve_watcher.core.slo import SloPolicy
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 METRICS_SOURCES = ("direct",)
@@ -18,6 +20,13 @@ environment:
   MIGSERVE_WATCHER_WINDOW_S     seconds of counters each snapshot covers (default 30)
   MIGSERVE_METRICS_SOURCE       where metrics come from: direct (scrape engines and
                                 bridges; the only source so far)
+  MIGSERVE_SLO_VIOLATION_WINDOWS  k: windows above the SLO before slo.violation, and
+                                at or below SLO x 0.9 before slo.recovered (default 3)
+  MIGSERVE_SLO_UNDERLOAD_WINDOWS  windows below SLO x low watermark with nothing waiting
+                                before slo.underload (default 12)
+  MIGSERVE_SLO_LOW_WATERMARK    fraction of the SLO under which a model is underloaded
+                                (default 0.5)
+  MIGSERVE_SLO_COOLDOWN_S       seconds after a model's SLO event before its next (default 60)
   MIGSERVE_WATCHER_METRICS_PORT serve the watcher's own metrics on this port (default: off)
   MIGSERVE_WATCHER_METRICS_HOST address for that port (default 127.0.0.1)
   MIGSERVE_LOG_FORMAT           json or text (default json)
@@ -31,6 +40,7 @@ class WatcherSettings:
     interval_s: float = 5.0
     window_s: float = 30.0
     metrics_source: str = "direct"
+    slo: SloPolicy = field(default_factory=SloPolicy)
     #: each scrape gives up after this long
     scrape_timeout_s: float = 2.0
     #: the ``source`` of the events it publishes
@@ -51,12 +61,19 @@ def settings_from_env(env: Mapping[str, str]) -> WatcherSettings:
             f"MIGSERVE_WATCHER_WINDOW_S={window:g} is shorter than "
             f"MIGSERVE_WATCHER_INTERVAL_S={interval:g}: a window must span at least one interval"
         )
+    slo = SloPolicy(
+        violation_windows=e.integer("MIGSERVE_SLO_VIOLATION_WINDOWS", 3, min=1, max=1000),
+        underload_windows=e.integer("MIGSERVE_SLO_UNDERLOAD_WINDOWS", 12, min=1, max=100000),
+        low_watermark=e.number("MIGSERVE_SLO_LOW_WATERMARK", 0.5, min=0.01, max=0.9),
+        cooldown_s=e.number("MIGSERVE_SLO_COOLDOWN_S", 60.0, min=0.0, max=86400.0),
+    )
     port = e.integer("MIGSERVE_WATCHER_METRICS_PORT", 0, min=0, max=65535)
     return WatcherSettings(
         nats=nats_settings(e, "migserve-watcher"),
         interval_s=interval,
         window_s=window,
         metrics_source=e.choice("MIGSERVE_METRICS_SOURCE", "direct", METRICS_SOURCES),
+        slo=slo,
         scrape_timeout_s=min(2.0, interval),
         metrics_port=port or None,
         metrics_host=e.text("MIGSERVE_WATCHER_METRICS_HOST", "127.0.0.1"),

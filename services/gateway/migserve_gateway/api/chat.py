@@ -13,7 +13,8 @@ from starlette.responses import Response
 
 from migserve_gateway.api.body import read_json_body
 from migserve_gateway.api.sse import DisconnectWatch, JobStreamResponse
-from migserve_gateway.api.state import SCOPE_CONTEXT, SCOPE_MODEL, gateway_state
+from migserve_gateway.api.state import SCOPE_CALLER, SCOPE_CONTEXT, SCOPE_MODEL, gateway_state
+from migserve_gateway.core.auth import ANONYMOUS
 from migserve_gateway.core.chat import parse_chat_request
 from migserve_gateway.core.errors import from_job_error, model_not_found
 from migserve_gateway.core.render import ChunkRenderer, completion_body, usage
@@ -43,7 +44,8 @@ async def chat_completions(request: Request) -> Response:
     request.scope[SCOPE_MODEL] = call.model
     ctx: RequestContext = request.scope[SCOPE_CONTEXT]
     with log_context(model=call.model):
-        run = await gw.dispatcher.submit(call, ctx, started=started)
+        caller = request.scope.get(SCOPE_CALLER, ANONYMOUS)
+        run = await gw.dispatcher.submit(call, ctx, started=started, caller=caller)
         watch = DisconnectWatch(request.receive, run.client_gone)
         handed_off = False
         try:

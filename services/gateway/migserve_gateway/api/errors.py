@@ -24,7 +24,9 @@ JSON = "application/json"
 
 
 def error_response(err: ApiError) -> Response:
-    return Response(error_body(err), status_code=err.status, media_type=JSON)
+    return Response(
+        error_body(err), status_code=err.status, media_type=JSON, headers=err.headers or None
+    )
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:

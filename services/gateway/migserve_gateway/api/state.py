@@ -18,6 +18,7 @@ from migserve_gateway.settings import GatewaySettings
 #: request.scope keys set by the middleware and the routes
 SCOPE_CONTEXT = "migserve.context"
 SCOPE_MODEL = "migserve.model"
+SCOPE_CALLER = "migserve.caller"
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,6 +60,7 @@ class RequestLimits:
     default_max_tokens: int = 256
     max_tokens_limit: int = 4096
     max_stop: int = 4
+    max_prompt_chars: int = 131072
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +158,17 @@ def _sampling(req: ChatCompletionRequest, limits: RequestLimits) -> SamplingPara
     )
 
 
+def check_prompt_length(chars: int, limits: RequestLimits, *, param: str) -> None:
+    """ApiError(400) naming the limit when the prompt is longer than it."""
+    if chars > limits.max_prompt_chars:
+        raise bad_request(
+            f"the prompt is {chars} characters long; this server's limit is "
+            f"{limits.max_prompt_chars} characters (MIGSERVE_MAX_PROMPT_CHARS)",
+            reason="prompt_too_long",
+            param=param,
+        )
+
+
 def validate_chat_request(req: ChatCompletionRequest, limits: RequestLimits) -> ChatCall:
     """Check what the types cannot say; map to a :class:`ChatCall`."""
     if not req.model:
@@ -174,6 +186,7 @@ def validate_chat_request(req: ChatCompletionRequest, limits: RequestLimits) -> 
             "messages must hold at least one message", reason="empty_messages", param="messages"
         )
     messages = [ChatMessage(m.role, _text(m, i)) for i, m in enumerate(req.messages)]
+    check_prompt_length(sum(len(m.content) for m in messages), limits, param="messages")
     include_usage = bool(req.stream and req.stream_options and req.stream_options.include_usage)
     return ChatCall(
         model=req.model,

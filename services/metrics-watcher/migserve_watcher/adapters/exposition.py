@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from migserve_watcher.core import Sample
+from migserve_watcher.core.tpot import Sample
 
 
 class ExpositionError(ValueError):

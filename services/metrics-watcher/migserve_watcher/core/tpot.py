@@ -182,7 +182,7 @@ def weighted_tpot(windows: Iterable[InstanceWindow]) -> float | None:
 
 
 def model_evidence(
-    windows: Sequence[InstanceWindow], *, slo_ms: float, source: str = "direct"
+    windows: Sequence[InstanceWindow], *, slo_ms: float, source: str = "direct", query: str = ""
 ) -> SloEvidence:
     """The evidence for one model's snapshot from its instances' windows."""
     tpot = weighted_tpot(windows)
@@ -196,4 +196,5 @@ def model_evidence(
         request_rate=round(sum(w.request_rate for w in windows), 4),
         instances=sorted(w.instance_id for w in windows),
         source=source,
+        query=query,
     )
