@@ -21,6 +21,7 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -32,7 +33,7 @@ from nats.js.api import (
     StreamConfig,
 )
 from nats.js.errors import BadRequestError, KeyNotFoundError, NotFoundError
-from nats.js.kv import KeyValue
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from migserve_shared import subjects
 from migserve_shared.env import NatsSettings
@@ -192,6 +193,60 @@ async def kv_values(kv: KeyValue) -> list[tuple[str, bytes, int]]:
         if entry.value:
             out.append((key, entry.value, entry.revision or 0))
     return out
+
+
+#: (key, value or None when deleted, revision) -> None
+EntrySink = Callable[[str, bytes | None, int], None]
+
+
+async def follow_bucket(
+    kv: KeyValue,
+    sink: EntrySink,
+    *,
+    name: str,
+    reconnects: Callable[[], int],
+    stop: asyncio.Event | None = None,
+    loaded: asyncio.Event | None = None,
+    poll_s: float = 0.5,
+    retry_s: float = 1.0,
+) -> None:
+    """Replay a bucket's current values into ``sink``, then follow every change.
+
+    ``loaded`` is set once the replay is done. The watch is an ephemeral
+    ordered consumer, which a restarted nats-server no longer has: whenever
+    ``reconnects()`` changes (pass ``lambda: nc.stats["reconnects"]``) the watch
+    starts again and replays the current values, deletes included, so the
+    caller's view catches up. Runs until ``stop`` is set or it is cancelled.
+    """
+    while stop is None or not stop.is_set():
+        seen = reconnects()
+        try:
+            watcher = await kv.watchall()
+        except (NatsError, TimeoutError) as exc:
+            log.warning("%s: starting the watch failed: %r; retrying", name, exc)
+            if reconnects() == seen:
+                await asyncio.sleep(retry_s)
+            continue
+        try:
+            while reconnects() == seen and (stop is None or not stop.is_set()):
+                try:
+                    entry = await watcher.updates(timeout=poll_s)  # type: ignore[no-untyped-call]
+                except TimeoutError:  # nats-py raises its own and asyncio's
+                    continue
+                if entry is None:  # the replay of current values is done
+                    if loaded is not None:
+                        loaded.set()
+                    continue
+                deleted = entry.operation in (KV_DEL, KV_PURGE)
+                sink(entry.key, None if deleted else (entry.value or b""), entry.revision or 0)
+            if reconnects() != seen:
+                log.info("%s: NATS reconnected; restarting the watch", name)
+        except NatsError as exc:
+            log.warning("%s: watch failed: %r; restarting", name, exc)
+            await asyncio.sleep(retry_s)
+        finally:
+            with contextlib.suppress(NatsError, TimeoutError):
+                await watcher.stop()  # type: ignore[no-untyped-call]
 
 
 class EventPublisher:

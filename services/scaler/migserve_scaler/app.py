@@ -18,7 +18,7 @@ from collections.abc import Callable
 from contextlib import suppress
 
 from migserve_shared import subjects
-from migserve_shared.bus import EventPublisher, ensure_jetstream, open_buckets
+from migserve_shared.bus import EventPublisher, ensure_jetstream, follow_bucket, open_buckets
 from migserve_shared.errors import BadMessageError
 from migserve_shared.ids import new_id
 from migserve_shared.logs import log_context
@@ -37,7 +37,6 @@ from nats.js import JetStreamContext
 
 from migserve_scaler.adapters.effects import EffectRunner
 from migserve_scaler.adapters.events import ensure_events_consumer
-from migserve_scaler.adapters.kv_watch import watch_bucket
 from migserve_scaler.adapters.view_store import WATCHED_BUCKETS, ViewStore
 from migserve_scaler.core import IdSource, Memory, Outcome, Policy, on_event, on_tick
 from migserve_scaler.metrics import ScalerMetrics
@@ -87,8 +86,14 @@ class Scaler:
         async with asyncio.TaskGroup() as tg:
             for bucket in WATCHED_BUCKETS:
                 tg.create_task(
-                    watch_bucket(
-                        store.kv(bucket), store.sink(bucket), loaded=loaded[bucket], stop=stop
+                    follow_bucket(
+                        store.kv(bucket),
+                        store.sink(bucket),
+                        name=bucket,
+                        reconnects=lambda: int(self._nc.stats["reconnects"]),
+                        loaded=loaded[bucket],
+                        stop=stop,
+                        poll_s=0.25,
                     ),
                     name=f"scaler-watch-{bucket}",
                 )

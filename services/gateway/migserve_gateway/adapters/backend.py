@@ -16,7 +16,7 @@ from typing import Any
 
 from migserve_gateway.adapters.jobs import JobClient, NatsJobClient
 from migserve_gateway.adapters.registry import KvModelRegistry, ModelRegistry
-from migserve_gateway.adapters.watch import ViewFeeder, follow, load
+from migserve_gateway.adapters.watch import ViewFeeder, load
 from migserve_gateway.core.view import LiveView
 from migserve_gateway.metrics import GatewayMetrics
 from migserve_gateway.settings import GatewaySettings
@@ -26,6 +26,7 @@ from migserve_shared.bus import (
     connect,
     drain_quietly,
     ensure_jetstream,
+    follow_bucket,
     open_buckets,
 )
 
@@ -71,10 +72,17 @@ async def open_nats_backend(
         return int(nc.stats["reconnects"])
 
     async def follow_models() -> None:
-        await follow(buckets.models, feeder.model, name="models", reconnects=reconnects)
+        await follow_bucket(
+            buckets.models, lambda k, v, _: feeder.model(k, v), name="models", reconnects=reconnects
+        )
 
     async def follow_instances() -> None:
-        await follow(buckets.instances, feeder.instance, name="instances", reconnects=reconnects)
+        await follow_bucket(
+            buckets.instances,
+            lambda k, v, _: feeder.instance(k, v),
+            name="instances",
+            reconnects=reconnects,
+        )
 
     return Backend(
         jobs=NatsJobClient(nc=nc, js=js, router=router, events=events),

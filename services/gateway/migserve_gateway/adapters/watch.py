@@ -1,14 +1,13 @@
 """KV watchers that keep the live view current: the models and instances buckets.
 
-Each loop replays the bucket's current values, then follows every change
-(``kv.watchall()`` on an ordered consumer, which survives reconnects). A
-value that does not decode is counted and logged and changes nothing; a
-watcher that fails is restarted after a short pause.
+``load`` replays a bucket's current values before the gateway serves;
+``migserve_shared.bus.follow_bucket`` then follows every change (and starts
+again after a NATS reconnect). A value that does not decode is counted and
+logged and changes nothing.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -17,15 +16,10 @@ from migserve_gateway.metrics import GatewayMetrics
 from migserve_shared.errors import BadMessageError
 from migserve_shared.ids import InvalidTokenError, decode_token
 from migserve_shared.messages import decode_instance, decode_model_spec
-from nats.errors import Error as NatsError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 log = logging.getLogger(__name__)
 
-RESTART_DELAY_S = 1.0
-#: how often a quiet watch checks whether NATS reconnected meanwhile
-RECONNECT_CHECK_S = 1.0
 
 Apply = Callable[[str, bytes | None], None]
 
@@ -71,12 +65,6 @@ async def _stop(watcher: KeyValue.KeyWatcher) -> None:
     await stop()
 
 
-async def _next(watcher: KeyValue.KeyWatcher, wait_s: float) -> KeyValue.Entry | None:
-    """The next entry (None: end of the replay); nats TimeoutError when quiet."""
-    updates: Callable[..., Awaitable[KeyValue.Entry | None]] = watcher.updates
-    return await updates(timeout=wait_s)
-
-
 async def load(kv: KeyValue, apply: Apply) -> None:
     """Apply every live value of a bucket once (before serving)."""
     watcher = await kv.watchall()
@@ -90,40 +78,3 @@ async def load(kv: KeyValue, apply: Apply) -> None:
                 return
     finally:
         await _stop(watcher)
-
-
-async def follow(kv: KeyValue, apply: Apply, *, name: str, reconnects: Callable[[], int]) -> None:
-    """Follow every change of a bucket until cancelled.
-
-    The watch is an ephemeral ordered consumer, which a restarted nats-server
-    no longer has: after every reconnect (``reconnects()`` changes) the watch
-    starts again and replays the current values, so the view catches up.
-    """
-    while True:
-        seen = reconnects()
-        try:
-            watcher = await kv.watchall()
-        except (NatsError, TimeoutError) as exc:
-            log.warning("%s: starting the watch failed: %r; retrying", name, exc)
-            if reconnects() == seen:  # else NATS came back meanwhile: retry at once
-                await asyncio.sleep(RESTART_DELAY_S)
-            continue
-        try:
-            while reconnects() == seen:
-                try:
-                    entry = await _next(watcher, RECONNECT_CHECK_S)
-                except NatsTimeoutError:
-                    continue
-                if entry is None:
-                    continue
-                deleted = entry.operation in (KV_DEL, KV_PURGE)
-                apply(entry.key, None if deleted else (entry.value or b""))
-            log.info("%s: NATS reconnected; restarting the watch", name)
-        except NatsError as exc:
-            log.warning("%s: watch failed: %r; restarting", name, exc)
-            await asyncio.sleep(RESTART_DELAY_S)
-        finally:
-            try:
-                await _stop(watcher)
-            except (NatsError, TimeoutError) as exc:
-                log.debug("%s: stopping the watch failed: %r", name, exc)

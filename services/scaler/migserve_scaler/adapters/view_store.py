@@ -71,11 +71,11 @@ class ViewStore:
         )
 
     # Applying KV entries ------------------------------------------------------
-    def sink(self, bucket: str) -> Callable[[str, bytes | None, int, str | None], None]:
-        """A callback that applies entries of ``bucket`` (for ``kv_watch.watch_bucket``)."""
+    def sink(self, bucket: str) -> Callable[[str, bytes | None, int], None]:
+        """A callback that applies entries of ``bucket`` (for ``bus.follow_bucket``)."""
 
-        def apply(key: str, value: bytes | None, revision: int, op: str | None) -> None:
-            self.apply(bucket, key, value, revision, op)
+        def apply(key: str, value: bytes | None, revision: int) -> None:
+            self.apply(bucket, key, value, revision, None)
 
         return apply
 
