@@ -138,7 +138,7 @@ def test_settings_defaults_and_errors() -> None:
     s = settings_from_env({"MIGSERVE_WATCHER_INTERVAL_S": "0.5", "MIGSERVE_WATCHER_WINDOW_S": "2"})
     assert (s.interval_s, s.window_s, s.scrape_timeout_s) == (0.5, 2, 0.5)
     for env, name in [
-        ({"MIGSERVE_METRICS_SOURCE": "prometheus"}, "MIGSERVE_METRICS_SOURCE"),
+        ({"MIGSERVE_METRICS_SOURCE": "graphite"}, "MIGSERVE_METRICS_SOURCE"),
         ({"MIGSERVE_WATCHER_INTERVAL_S": "soon"}, "MIGSERVE_WATCHER_INTERVAL_S"),
         ({"MIGSERVE_WATCHER_WINDOW_S": "1"}, "MIGSERVE_WATCHER_WINDOW_S"),
         ({"MIGSERVE_WATCHER_METRICS_PORT": "70000"}, "MIGSERVE_WATCHER_METRICS_PORT"),
@@ -165,3 +165,17 @@ def test_slo_settings() -> None:
     ).slo
     assert (slo.violation_windows, slo.underload_windows) == (2, 20)
     assert (slo.low_watermark, slo.cooldown_s) == (0.3, 0)
+
+
+def test_prometheus_settings() -> None:
+    s = settings_from_env({})
+    assert (s.prometheus_url, s.file_sd_path) == ("http://127.0.0.1:9090", None)
+    s = settings_from_env(
+        {
+            "MIGSERVE_METRICS_SOURCE": "prometheus",
+            "MIGSERVE_PROMETHEUS_URL": "http://prom:9090",
+            "MIGSERVE_PROMETHEUS_FILE_SD": "/tmp/sd/migserve.json",
+        }
+    )
+    assert (s.metrics_source, s.prometheus_url) == ("prometheus", "http://prom:9090")
+    assert str(s.file_sd_path) == "/tmp/sd/migserve.json"

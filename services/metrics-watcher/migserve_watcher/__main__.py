@@ -1,4 +1,5 @@
-"""``migserve-watcher``: turn engine and bridge metrics into per-model TPOT snapshots.
+"""``migserve-watcher``: turn engine and bridge metrics into per-model TPOT snapshots
+and SLO events (slo.violation, slo.recovered, slo.underload).
 
 Signals set a stop event; an exit stack owns the NATS connection (drained on
 the way out), the HTTP client and the metrics server; a task group runs the
@@ -33,9 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     return argparse.ArgumentParser(
         prog="migserve-watcher",
         description=(
-            "The migserve metrics watcher: scrapes every ready instance's engine and bridge "
-            "/metrics and publishes a metrics.snapshot event (TPOT, tokens, load) per model "
-            "each interval. Configured by environment variables."
+            "The migserve metrics watcher: every interval, gets each model's TPOT and load "
+            "(scraping every ready instance's engine and bridge /metrics, or querying "
+            "Prometheus), publishes a metrics.snapshot event per model, and slo.violation, "
+            "slo.recovered and slo.underload events with their evidence. Configured by "
+            "environment variables."
         ),
         epilog=ENV_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,

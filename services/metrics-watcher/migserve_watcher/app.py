@@ -36,6 +36,8 @@ from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 
 from migserve_watcher.adapters.direct import DirectSource
+from migserve_watcher.adapters.file_sd import write_file_sd
+from migserve_watcher.adapters.prometheus import PrometheusSource
 from migserve_watcher.adapters.source import MetricsSource
 from migserve_watcher.core.slo import SloDecision, SloState, step
 from migserve_watcher.metrics import WatcherMetrics
@@ -61,13 +63,7 @@ class Watcher:
         self._nc = nc
         self._metrics = metrics
         self._clock = clock
-        self._source: MetricsSource = source or DirectSource(
-            http=http,
-            metrics=metrics,
-            window_s=settings.window_s,
-            scrape_timeout_s=settings.scrape_timeout_s,
-            clock=clock,
-        )
+        self._source = source or build_source(settings, http=http, metrics=metrics, clock=clock)
         self._reported_bad: set[tuple[str, str, int]] = set()
         self._slo: dict[str, SloState] = {}
 
@@ -103,6 +99,9 @@ class Watcher:
             for r in await self._read(buckets.instances, subjects.KV_INSTANCES, decode_instance)
             if r.state == "ready"
         ]
+        sd_path = self._settings.file_sd_path
+        if sd_path is not None and await asyncio.to_thread(write_file_sd, sd_path, records):
+            log.info("file_sd: %d ready instances written to %s", len(records), sd_path)
         for model_id in [m for m in self._slo if m not in specs]:
             del self._slo[model_id]
         for model_id, evidence in sorted((await self._source.collect(specs, records)).items()):
@@ -168,3 +167,28 @@ class Watcher:
                     self._reported_bad.add((bucket, key, revision))
                     log.warning("ignoring bad value of %s/%s: %s", bucket, key, exc)
         return out
+
+
+def build_source(
+    settings: WatcherSettings,
+    *,
+    http: httpx.AsyncClient,
+    metrics: WatcherMetrics,
+    clock: Callable[[], float] = time.monotonic,
+) -> MetricsSource:
+    """The metrics source the settings name, chosen once at start-up."""
+    if settings.metrics_source == "prometheus":
+        return PrometheusSource(
+            http=http,
+            metrics=metrics,
+            url=settings.prometheus_url,
+            window_s=settings.window_s,
+            timeout_s=settings.scrape_timeout_s,
+        )
+    return DirectSource(
+        http=http,
+        metrics=metrics,
+        window_s=settings.window_s,
+        scrape_timeout_s=settings.scrape_timeout_s,
+        clock=clock,
+    )

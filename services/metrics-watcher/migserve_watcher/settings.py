@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from migserve_shared.env import Env, NatsSettings, nats_settings
 from migserve_shared.errors import ConfigError
@@ -11,7 +12,7 @@ from migserve_shared.errors import ConfigError
 from migserve_watcher.core.slo import SloPolicy
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-METRICS_SOURCES = ("direct",)
+METRICS_SOURCES = ("direct", "prometheus")
 
 ENV_HELP = """\
 environment:
@@ -19,7 +20,10 @@ environment:
   MIGSERVE_WATCHER_INTERVAL_S   seconds between scrapes and snapshots (default 5)
   MIGSERVE_WATCHER_WINDOW_S     seconds of counters each snapshot covers (default 30)
   MIGSERVE_METRICS_SOURCE       where metrics come from: direct (scrape engines and
-                                bridges; the only source so far)
+                                bridges, default) or prometheus (query Prometheus)
+  MIGSERVE_PROMETHEUS_URL       Prometheus' HTTP API (default http://127.0.0.1:9090)
+  MIGSERVE_PROMETHEUS_FILE_SD   write the ready instances' engine and bridge targets to this
+                                Prometheus file_sd JSON file (default: off)
   MIGSERVE_SLO_VIOLATION_WINDOWS  k: windows above the SLO before slo.violation, and
                                 at or below SLO x 0.9 before slo.recovered (default 3)
   MIGSERVE_SLO_UNDERLOAD_WINDOWS  windows below SLO x low watermark with nothing waiting
@@ -41,6 +45,9 @@ class WatcherSettings:
     window_s: float = 30.0
     metrics_source: str = "direct"
     slo: SloPolicy = field(default_factory=SloPolicy)
+    prometheus_url: str = "http://127.0.0.1:9090"
+    #: where to write file_sd targets (None: not written)
+    file_sd_path: Path | None = None
     #: each scrape gives up after this long
     scrape_timeout_s: float = 2.0
     #: the ``source`` of the events it publishes
@@ -67,6 +74,7 @@ def settings_from_env(env: Mapping[str, str]) -> WatcherSettings:
         low_watermark=e.number("MIGSERVE_SLO_LOW_WATERMARK", 0.5, min=0.01, max=0.9),
         cooldown_s=e.number("MIGSERVE_SLO_COOLDOWN_S", 60.0, min=0.0, max=86400.0),
     )
+    file_sd = e.text("MIGSERVE_PROMETHEUS_FILE_SD", "")
     port = e.integer("MIGSERVE_WATCHER_METRICS_PORT", 0, min=0, max=65535)
     return WatcherSettings(
         nats=nats_settings(e, "migserve-watcher"),
@@ -74,6 +82,8 @@ def settings_from_env(env: Mapping[str, str]) -> WatcherSettings:
         window_s=window,
         metrics_source=e.choice("MIGSERVE_METRICS_SOURCE", "direct", METRICS_SOURCES),
         slo=slo,
+        prometheus_url=e.text("MIGSERVE_PROMETHEUS_URL", "http://127.0.0.1:9090"),
+        file_sd_path=Path(file_sd) if file_sd else None,
         scrape_timeout_s=min(2.0, interval),
         metrics_port=port or None,
         metrics_host=e.text("MIGSERVE_WATCHER_METRICS_HOST", "127.0.0.1"),
