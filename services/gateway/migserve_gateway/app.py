@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from migserve_gateway.adapters.backend import Backend
-from migserve_gateway.api import admin, chat, models, ops
+from migserve_gateway.api import admin, chat, completions, models, ops, tgi
 from migserve_gateway.api.auth import AuthMiddleware
 from migserve_gateway.api.errors import install_error_handlers
 from migserve_gateway.api.middleware import RequestContextMiddleware
@@ -75,7 +75,7 @@ def create_app(
         summary="OpenAI-compatible inference on MIG slices, and the model registry",
         lifespan=lifespan,
     )
-    for module in (chat, models, admin, ops):
+    for module in (chat, completions, tgi, models, admin, ops):
         app.include_router(module.router)
     install_error_handlers(app, metrics)
     app.add_middleware(AuthMiddleware, keys=auth, metrics=metrics)

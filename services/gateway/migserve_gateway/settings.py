@@ -16,6 +16,7 @@
 | MIGSERVE_MAX_PROMPT_CHARS | 131072 | longest prompt, in characters (400 above) |
 | MIGSERVE_MAX_IN_FLIGHT | 1024 | requests in flight in this gateway (503 + Retry-After above) |
 | MIGSERVE_MAX_CONCURRENT_PER_KEY | 64 | requests in flight per API key (429 + Retry-After above) |
+| MIGSERVE_TGI_MODEL | (the only model) | the model the TGI API (/generate, /info) serves |
 | MIGSERVE_API_KEYS_FILE | (required) | inference API keys, one a line, # comments |
 | MIGSERVE_ADMIN_KEY_FILE | (required) | the admin key (admin API), one line |
 | MIGSERVE_AUTH_DISABLED | false | true turns auth off (local development only; warned at start) |
@@ -56,6 +57,7 @@ class GatewaySettings:
     max_prompt_chars: int = 131072
     max_in_flight: int = 1024
     max_concurrent_per_key: int = 64
+    tgi_model: str | None = None
     demand_interval_s: float = 2.0
     shutdown_grace_s: float = 30.0
     log_format: str = "json"
@@ -120,6 +122,7 @@ def settings_from_env(env: Mapping[str, str]) -> GatewaySettings:
         shutdown_grace_s=e.number("MIGSERVE_SHUTDOWN_GRACE_S", 30.0, min=0.0),
         log_format=e.choice("MIGSERVE_LOG_FORMAT", "json", ("json", "text")),
         log_level=_log_level(e),
+        tgi_model=e.optional("MIGSERVE_TGI_MODEL"),
         api_keys_file=e.optional("MIGSERVE_API_KEYS_FILE"),
         admin_key_file=e.optional("MIGSERVE_ADMIN_KEY_FILE"),
         auth_disabled=e.flag("MIGSERVE_AUTH_DISABLED", False),

@@ -16,17 +16,21 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from migserve_gateway.core.errors import ApiError, error_body
+from migserve_gateway.core.render_text import tgi_error_body
 from migserve_gateway.metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)
 
+#: the TGI routes (``api.tgi``), whose errors take TGI's shape
+TGI_PATHS = frozenset({"/", "/generate", "/generate_stream", "/info"})
+
 JSON = "application/json"
 
 
-def error_response(err: ApiError) -> Response:
-    return Response(
-        error_body(err), status_code=err.status, media_type=JSON, headers=err.headers or None
-    )
+def error_response(err: ApiError, *, tgi: bool = False) -> Response:
+    """OpenAI's error shape, or TGI's for the TGI routes."""
+    body = tgi_error_body(err) if tgi else error_body(err)
+    return Response(body, status_code=err.status, media_type=JSON, headers=err.headers or None)
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -55,7 +59,7 @@ def install_error_handlers(app: FastAPI, metrics: GatewayMetrics) -> None:
             log.warning(
                 "%s %s -> %d: %s", request.method, request.url.path, err.status, err.message
             )
-        return error_response(err)
+        return error_response(err, tgi=request.url.path in TGI_PATHS)
 
     async def on_api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import Protocol
 
 from migserve_shared.logs import log_context
 from migserve_shared.messages import JobEnd, JobError, TokenChunk
@@ -21,7 +22,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from migserve_gateway.core.errors import ApiError, from_job_error
-from migserve_gateway.core.render import ChunkRenderer, usage
+from migserve_gateway.core.render import Usage, usage
 from migserve_gateway.dispatch import ClientGoneError, JobRun
 
 log = logging.getLogger(__name__)
@@ -53,15 +54,23 @@ class DisconnectWatch:
             await self._task
 
 
+class StreamRenderer(Protocol):
+    """What a streaming API renders: tokens, the end, an error after the first token."""
+
+    def token(self, text: str, *, first: bool = False) -> bytes: ...
+    def end(self, finish_reason: str, used: Usage) -> bytes: ...
+    def error(self, err: ApiError) -> bytes: ...
+
+
 class JobStreamResponse(Response):
-    """Streams one job's replies as OpenAI chat.completion.chunk events."""
+    """Streams one job's replies as SSE events rendered by ``renderer``."""
 
     def __init__(
         self,
         *,
         run: JobRun,
         first: TokenChunk | JobEnd,
-        renderer: ChunkRenderer,
+        renderer: StreamRenderer,
         watch: DisconnectWatch,
     ) -> None:
         super().__init__(status_code=200)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 import msgspec
 from migserve_shared.messages import ChatMessage, InferenceJob, SamplingParams
@@ -72,6 +72,9 @@ class ChatCall:
     params: SamplingParams
     stream: bool
     include_usage: bool
+    api: Literal["chat", "completion"] = "chat"
+    #: the prompt of a completion (``api="completion"``)
+    prompt: str = ""
 
 
 _decoder = msgspec.json.Decoder(ChatCompletionRequest)
@@ -104,6 +107,11 @@ def _max_tokens(req: ChatCompletionRequest, limits: RequestLimits) -> int:
     name, value = "max_completion_tokens", req.max_completion_tokens
     if value is None:
         name, value = "max_tokens", req.max_tokens
+    return check_max_tokens(name, value, limits)
+
+
+def check_max_tokens(name: str, value: int | None, limits: RequestLimits) -> int:
+    """``value`` within the server's bounds (the default when None); else ApiError(400)."""
     if value is None:
         return limits.default_max_tokens
     if not 1 <= value <= limits.max_tokens_limit:
@@ -129,7 +137,23 @@ def _stop(stop: str | list[str] | None, limits: RequestLimits) -> list[str]:
     return [s for s in stops if s]
 
 
+class _Sampled(Protocol):
+    @property
+    def temperature(self) -> float | None: ...
+    @property
+    def top_p(self) -> float | None: ...
+    @property
+    def seed(self) -> int | None: ...
+    @property
+    def stop(self) -> str | list[str] | None: ...
+
+
 def _sampling(req: ChatCompletionRequest, limits: RequestLimits) -> SamplingParams:
+    return sampling_params(req, _max_tokens(req, limits), limits)
+
+
+def sampling_params(req: _Sampled, max_tokens: int, limits: RequestLimits) -> SamplingParams:
+    """Validated sampling parameters of any request shape; ApiError(400) names the field."""
     temperature, top_p, seed = req.temperature, req.top_p, req.seed
     if temperature is not None and not (0.0 <= temperature <= MAX_TEMPERATURE):
         raise bad_request(
@@ -150,7 +174,7 @@ def _sampling(req: ChatCompletionRequest, limits: RequestLimits) -> SamplingPara
             param="seed",
         )
     return SamplingParams(
-        max_tokens=_max_tokens(req, limits),
+        max_tokens=max_tokens,
         temperature=temperature,
         top_p=top_p,
         seed=seed,
@@ -217,8 +241,9 @@ def build_job(
     return InferenceJob(
         job_id=job_id,
         model=call.model,
-        api="chat",
+        api=call.api,
         messages=call.messages,
+        prompt=call.prompt,
         params=call.params,
         reply_to=reply_to,
         deadline=deadline,
