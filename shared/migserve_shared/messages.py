@@ -291,6 +291,9 @@ class SloEvidence(Struct, frozen=True, kw_only=True):
     instances: list[str] = field(default_factory=list)
     source: str = ""
     query: str = ""
+    #: the engines' own TPOT (cross-check of ``tpot_ms``, which comes from the
+    #: bridges' inter-token histograms); None when the engines export none
+    engine_tpot_ms: float | None = None
 
 
 class MetricsSnapshot(_Event, tag="metrics.snapshot", frozen=True, kw_only=True):

@@ -38,7 +38,13 @@ def texts(replies: list[JobReply]) -> list[str]:
 
 def labels(bridge: Bridge) -> dict[str, str]:
     s = bridge.settings
-    return {"model": s.model, "instance": s.instance_id, "node": s.node, "engine": s.engine_kind}
+    return {
+        "model": s.model,
+        "instance": s.instance_id,
+        "node": s.node,
+        "engine": s.engine_kind,
+        "profile": s.profile,
+    }
 
 
 def sample(bridge: Bridge, name: str) -> float:

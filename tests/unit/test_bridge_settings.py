@@ -29,6 +29,8 @@ def test_flags_and_defaults() -> None:
     assert s.nats.url == "nats://127.0.0.1:4222"
     assert s.nats.name == "migserve-bridge:inst-1"
     assert (s.log_json, s.log_level) == (True, "INFO")
+    assert s.profile == ""
+    assert settings_from_args([*ARGS, "--profile", "1g.10gb"], {}).profile == "1g.10gb"
 
 
 def test_environment() -> None:
@@ -92,16 +94,19 @@ def test_missing_or_malformed_flags_exit_2(args: list[str]) -> None:
 
 
 def test_metrics_have_fixed_labels_and_every_outcome() -> None:
-    m = BridgeMetrics(model="org/m:1", instance="i", node="n", engine="sim", slots=3)
+    m = BridgeMetrics(
+        model="org/m:1", instance="i", node="n", engine="sim", slots=3, profile="1g.10gb"
+    )
     m.job("done")
     m.inter_token.observe(0.015)
     text = m.render().decode()
-    labels = 'engine="sim",instance="i",model="org/m:1",node="n"'
+    labels = 'engine="sim",instance="i",model="org/m:1",node="n",profile="1g.10gb"'
     for outcome in OUTCOMES:
-        assert f'migserve_bridge_jobs_total{{{labels},outcome="{outcome}"}}' in text
+        jobs = 'engine="sim",instance="i",model="org/m:1",node="n",'
+        assert f'migserve_bridge_jobs_total{{{jobs}outcome="{outcome}",profile="1g.10gb"}}' in text
     assert f"migserve_bridge_slots{{{labels}}} 3.0" in text
     bucket = "migserve_bridge_inter_token_seconds_bucket"
-    base = {"model": "org/m:1", "instance": "i", "node": "n", "engine": "sim"}
+    base = {"model": "org/m:1", "instance": "i", "node": "n", "engine": "sim", "profile": "1g.10gb"}
     assert m.registry.get_sample_value(bucket, {**base, "le": "0.016"}) == 1
     assert m.registry.get_sample_value(bucket, {**base, "le": "0.014"}) == 0
     assert m.jobs("done") == 1

@@ -42,6 +42,7 @@ def launch(
         port=8000,
         slice_uuid=SLICE,
         slots=16,
+        profile="1g.10gb",
     )
 
 
@@ -101,6 +102,7 @@ def test_the_pod_pins_the_engine_to_the_node_and_its_slice() -> None:
         "--model": "Qwen/Qwen2.5-3B",
         "--instance-id": "inst-0123456789abcdef",
         "--node": "gpu-node-1",
+        "--profile": "1g.10gb",
         "--engine-url": "http://127.0.0.1:8000",
         "--engine-kind": "vllm",
         "--slots": "16",

@@ -68,16 +68,38 @@ def test_source_window(name: str, history: History, tpot: float | None, tokens: 
     assert w.tokens == tokens
 
 
-def test_engine_first_bridge_fills_in() -> None:
+def test_bridge_first_engine_is_the_cross_check() -> None:
     engine = (s(0, 0.0, 0, 0, in_flight=2, waiting=1), s(10, 0.4, 2, 20, in_flight=3, waiting=4))
     bridge = (s(0, 0.0, 0, in_flight=7), s(10, 1.0, 25, in_flight=8))
     w = instance_window("i1", engine, bridge)
-    # TGI-style: mean of per-request TPOT (0.4 s / 2 requests = 200 ms), weighted by 20 tokens
-    assert (w.source, w.tpot_ms, w.tokens, w.weight) == ("engine", pytest.approx(200.0), 20, 20)
+    # the bridge's live inter-token histogram decides: 1.0 s / 25 gaps = 40 ms over 25 tokens
+    assert (w.source, w.tpot_ms, w.tokens, w.weight) == ("bridge", pytest.approx(40.0), 25, 25)
+    # TGI-style engine TPOT (0.4 s / 2 requests = 200 ms) is carried as the cross-check
+    assert w.engine_tpot_ms == pytest.approx(200.0)
     assert (w.in_flight, w.waiting) == (3, 4)
-    only_bridge = instance_window("i1", (s(0, None, None), s(10, None, None)), bridge)
+    evidence = model_evidence([w], slo_ms=100.0)
+    assert (evidence.tpot_ms, evidence.engine_tpot_ms) == (
+        pytest.approx(40.0),
+        pytest.approx(200.0),
+    )
+    assert evidence.tpot_ms is not None and evidence.tpot_ms < evidence.slo_ms  # the bridge decides
+
+
+def test_engine_fills_in_without_a_bridge_series() -> None:
+    engine = (s(0, 0.0, 0, 0, in_flight=2, waiting=1), s(10, 0.4, 2, 20, in_flight=3, waiting=4))
+    bridge = (s(0, None, None, in_flight=7), s(10, None, None, in_flight=8))
+    only_engine = instance_window("i1", engine, bridge)
+    assert (only_engine.source, only_engine.tpot_ms) == ("engine", pytest.approx(200.0))
+    assert only_engine.engine_tpot_ms == pytest.approx(200.0)
+    only_bridge = instance_window(
+        "i1",
+        (s(0, None, None), s(10, None, None)),
+        (s(0, 0.0, 0, in_flight=7), s(10, 1.0, 25, in_flight=8)),
+    )
     assert (only_bridge.source, only_bridge.tpot_ms) == ("bridge", pytest.approx(40.0))
+    assert only_bridge.engine_tpot_ms is None
     assert only_bridge.in_flight == 8
+    assert model_evidence([only_bridge], slo_ms=100.0).engine_tpot_ms is None
     neither = instance_window("i1", None, None)
     assert (neither.source, neither.tpot_ms, neither.tokens, neither.span_s) == ("", None, 0, 0)
 

@@ -91,12 +91,14 @@ async def collect(answers: dict[str, dict[str, Any]], records: list[InstanceReco
         return await source.collect(specs, records), metrics
 
 
-async def test_tpot_token_weighted_with_the_bridge_filling_in() -> None:
+async def test_tpot_token_weighted_from_the_bridges_engine_as_cross_check() -> None:
     answers = {
         "rate(tgi_request_mean_time_per_token_duration_sum": vector(("a", "0.02"), ("c", "NaN")),
         'increase({__name__=~"tgi_request_generated_tokens_sum': vector(("a", "300"), ("c", "0")),
-        "rate(migserve_bridge_inter_token_seconds_sum": vector(("b", "0.06"), ("a", "0.5")),
-        'increase({__name__=~"migserve_bridge_inter_token_seconds_count': vector(("b", "100")),
+        "rate(migserve_bridge_inter_token_seconds_sum": vector(("b", "0.06"), ("a", "0.01")),
+        'increase({__name__=~"migserve_bridge_inter_token_seconds_count': vector(
+            ("b", "100"), ("a", "300")
+        ),
         "tgi_batch_current_size": vector(("a", "2"), ("c", "1")),
         "tgi_queue_size": vector(("a", "1")),
         "tgi_request_success": vector(("a", "0.5")),
@@ -105,8 +107,10 @@ async def test_tpot_token_weighted_with_the_bridge_filling_in() -> None:
     got, metrics = await collect(answers, records)
     assert list(got) == [MODEL]
     ev = got[MODEL]
-    # a: 20 ms x 300 tokens from its engine; b: 60 ms x 100 from its bridge; c: unknown
-    assert ev.tpot_ms == pytest.approx(30.0) and ev.tokens == 400
+    # the bridges decide: a 10 ms x 300 tokens, b 60 ms x 100; c: unknown
+    assert ev.tpot_ms == pytest.approx(22.5) and ev.tokens == 400
+    # the engines' own TPOT is the cross-check: only a's (20 ms) is known
+    assert ev.engine_tpot_ms == pytest.approx(20.0)
     assert (ev.in_flight, ev.waiting, ev.request_rate) == (3, 1, 0.5)
     assert ev.instances == ["a", "b", "c"] and ev.source == "prometheus"
     assert ev.window_s == 30 and "tgi_request_mean_time_per_token_duration_sum" in ev.query

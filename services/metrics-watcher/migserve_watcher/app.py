@@ -18,6 +18,7 @@ from contextlib import suppress
 from typing import TypeVar
 
 import httpx
+import msgspec
 from migserve_shared import subjects
 from migserve_shared.bus import Buckets, EventPublisher, ensure_jetstream, kv_values, open_buckets
 from migserve_shared.errors import BadMessageError
@@ -33,10 +34,12 @@ from migserve_shared.messages import (
     decode_model_spec,
 )
 from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from migserve_watcher.adapters.direct import DirectSource
 from migserve_watcher.adapters.file_sd import write_file_sd
+from migserve_watcher.adapters.jobs_queue import jobs_waiting
 from migserve_watcher.adapters.prometheus import PrometheusSource
 from migserve_watcher.adapters.source import MetricsSource
 from migserve_watcher.core.slo import SloDecision, SloState, step
@@ -79,7 +82,7 @@ class Watcher:
         next_at = self._clock()
         while not stop.is_set():
             try:
-                await self.poll_once(buckets, publisher)
+                await self.poll_once(buckets, publisher, js=js)
             except Exception as exc:
                 self._metrics.errors.inc()
                 log.warning("poll failed; trying again next interval: %s", exc, exc_info=True)
@@ -88,8 +91,14 @@ class Watcher:
             with suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), next_at - now)
 
-    async def poll_once(self, buckets: Buckets, publisher: EventPublisher) -> None:
-        """One round: read the registry and instances, collect evidence, publish events."""
+    async def poll_once(
+        self, buckets: Buckets, publisher: EventPublisher, *, js: JetStreamContext | None = None
+    ) -> None:
+        """One round: read the registry and instances, collect evidence, publish events.
+
+        With ``js``, each model's ``waiting`` adds the jobs JetStream has not yet
+        delivered to any of its bridges (its shared consumer's ``num_pending``).
+        """
         specs = {
             s.model_id: s
             for s in await self._read(buckets.models, subjects.KV_MODELS, decode_model_spec)
@@ -105,6 +114,9 @@ class Watcher:
         for model_id in [m for m in self._slo if m not in specs]:
             del self._slo[model_id]
         for model_id, evidence in sorted((await self._source.collect(specs, records)).items()):
+            queued = await jobs_waiting(js, model_id) if js is not None else None
+            if queued is not None:
+                evidence = msgspec.structs.replace(evidence, waiting=evidence.waiting + queued)
             await self._publish(model_id, evidence, publisher)
 
     async def _publish(

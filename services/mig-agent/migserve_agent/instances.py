@@ -185,6 +185,7 @@ class InstanceManager:
             port=port,
             slice_uuid=info.uuid,
             slots=slots,
+            profile=profile.name,
         )
         running = await self._runtime.start(launch, ready_timeout_s=self._ready_timeout_s)
         record = msgspec.structs.replace(

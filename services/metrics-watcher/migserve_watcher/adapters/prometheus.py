@@ -2,10 +2,11 @@
 
 ``GET <url>/api/v1/query?query=...`` with httpx (no client library needed).
 Per model, per engine kind of its ready instances, the queries of
-``adapters.promql``; the bridge's histogram fills in TPOT for instances whose
-engine has no latency series. Prometheus' errors (network, non-200, an error
-status, a non-vector result) become ``PrometheusError``; a round whose queries
-fail reports its models as unknown rather than as zero.
+``adapters.promql``; the bridge's inter-token histogram gives TPOT, the
+engine's own series the cross-check (and TPOT where no bridge series
+exists). Prometheus' errors (network, non-200, an error status, a non-vector
+result) become ``PrometheusError``; a round whose queries fail reports its
+models as unknown rather than as zero.
 """
 
 from __future__ import annotations
@@ -135,10 +136,10 @@ class PrometheusSource:
     ) -> InstanceWindow:
         e_tpot, e_tokens, e_rate, e_flight, e_wait = (v.get(instance) for v in engine)
         b_tpot, b_tokens, _, b_flight, _ = (v.get(instance) for v in bridge)
-        if e_tpot is not None:
+        if b_tpot is not None:
+            tpot_s, tokens, source = b_tpot, b_tokens or e_tokens or 0.0, "bridge"
+        elif e_tpot is not None:
             tpot_s, tokens, source = e_tpot, e_tokens or 0.0, "engine"
-        elif b_tpot is not None:
-            tpot_s, tokens, source = b_tpot, b_tokens or 0.0, "bridge"
         else:
             tpot_s, tokens, source = None, e_tokens or b_tokens or 0.0, ""
         return InstanceWindow(
@@ -151,4 +152,5 @@ class PrometheusSource:
             in_flight=next((v for v in (e_flight, b_flight) if v is not None), 0.0),
             waiting=e_wait or 0.0,
             source=source,
+            engine_tpot_ms=1000.0 * e_tpot if e_tpot is not None and e_tpot >= 0 else None,
         )

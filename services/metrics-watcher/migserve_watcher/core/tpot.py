@@ -10,8 +10,10 @@ Prometheus' ``increase()`` does: a counter that went down was reset (the
 engine restarted) and its new value is the increase since.
 
 Per instance, TPOT is ``increase(latency_sum) / increase(latency_count)``:
-what FACTS.md's PromQL computes. The engine's own series come first; the
-bridge's fill in what the engine does not export. Per model, TPOT is the
+what FACTS.md's PromQL computes. The bridge's live inter-token histogram is
+the decision value; the engine's own TPOT is carried beside it as a
+cross-check (``engine_tpot_ms``) and is the decision value only for an
+instance whose bridge exports no latency series. Per model, TPOT is the
 token-weighted mean of its instances' TPOT. No completed work in the window
 gives ``None`` (unknown), never zero.
 """
@@ -133,8 +135,10 @@ class InstanceWindow:
     request_rate: float
     in_flight: float
     waiting: float
-    #: which source gave the TPOT: "engine", "bridge" or "" (neither has latency series)
+    #: which source gave the TPOT: "bridge", "engine" or "" (neither has latency series)
     source: str
+    #: the engine's own TPOT over the window (cross-check), None when unknown
+    engine_tpot_ms: float | None = None
 
 
 def _first(*values: float | None) -> float:
@@ -144,13 +148,14 @@ def _first(*values: float | None) -> float:
 def instance_window(
     instance_id: str, engine: History | None, bridge: History | None
 ) -> InstanceWindow:
-    """Combine an instance's engine and bridge windows: the engine's series first."""
+    """Combine an instance's engine and bridge windows: the bridge's series first,
+    the engine's TPOT carried as the cross-check."""
     eng = source_window(engine or ())
     bri = source_window(bridge or ())
-    if eng.has_latency:
-        chosen, source = eng, "engine"
-    elif bri.has_latency:
+    if bri.has_latency:
         chosen, source = bri, "bridge"
+    elif eng.has_latency:
+        chosen, source = eng, "engine"
     else:
         chosen, source = eng, ""
     weight = chosen.tokens if chosen.tokens > 0 else chosen.latency_count
@@ -167,16 +172,21 @@ def instance_window(
         in_flight=_first(eng.in_flight, bri.in_flight),
         waiting=_first(eng.waiting, bri.waiting),
         source=source,
+        engine_tpot_ms=eng.tpot_ms,
     )
 
 
-def weighted_tpot(windows: Iterable[InstanceWindow]) -> float | None:
-    """Token-weighted mean TPOT over instances that completed work; None if none did."""
+def weighted_tpot(windows: Iterable[InstanceWindow], *, engine: bool = False) -> float | None:
+    """Token-weighted mean TPOT over instances that completed work; None if none did.
+
+    ``engine=True`` averages the engines' own TPOT (the cross-check) instead.
+    """
     num = 0.0
     den = 0.0
     for w in windows:
-        if w.tpot_ms is not None and w.weight > 0:
-            num += w.tpot_ms * w.weight
+        tpot = w.engine_tpot_ms if engine else w.tpot_ms
+        if tpot is not None and w.weight > 0:
+            num += tpot * w.weight
             den += w.weight
     return num / den if den > 0 else None
 
@@ -186,8 +196,10 @@ def model_evidence(
 ) -> SloEvidence:
     """The evidence for one model's snapshot from its instances' windows."""
     tpot = weighted_tpot(windows)
+    engine_tpot = weighted_tpot(windows, engine=True)
     return SloEvidence(
         tpot_ms=round(tpot, 3) if tpot is not None else None,
+        engine_tpot_ms=round(engine_tpot, 3) if engine_tpot is not None else None,
         slo_ms=slo_ms,
         window_s=round(max((w.span_s for w in windows), default=0.0), 3),
         tokens=max(0, round(sum(w.tokens for w in windows))),

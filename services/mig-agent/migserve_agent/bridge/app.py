@@ -57,6 +57,7 @@ class Bridge:
             node=settings.node,
             engine=settings.engine_kind,
             slots=settings.slots,
+            profile=settings.profile,
         )
         self.running = RunningJobs()
         self._cancels = RecentCancels(ttl_s=settings.cancel_memory_s, limit=_CANCEL_MEMORY_LIMIT)

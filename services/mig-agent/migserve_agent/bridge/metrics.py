@@ -1,6 +1,7 @@
 """The bridge's Prometheus series: engine-agnostic token latency of one instance.
 
-Every series carries the same fixed labels (model, instance, node, engine),
+Every series carries the same fixed labels (model, instance, node, engine,
+profile: the instance's MIG profile name, "" when not given),
 plus ``outcome`` on the jobs counter, so cardinality is fixed per instance.
 The labelled children are bound once here; the token path only calls
 ``observe``/``inc`` on them. Each bridge owns its ``CollectorRegistry`` (no
@@ -97,15 +98,23 @@ TTFT_BUCKETS: Final = (
     60.0,
 )
 
-LABELS: Final = ("model", "instance", "node", "engine")
+LABELS: Final = ("model", "instance", "node", "engine", "profile")
 
 
 class BridgeMetrics:
     """The series of one bridge, bound to its instance's labels."""
 
-    def __init__(self, *, model: str, instance: str, node: str, engine: str, slots: int) -> None:
+    def __init__(
+        self, *, model: str, instance: str, node: str, engine: str, slots: int, profile: str = ""
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        labels = {"model": model, "instance": instance, "node": node, "engine": engine}
+        labels = {
+            "model": model,
+            "instance": instance,
+            "node": node,
+            "engine": engine,
+            "profile": profile,
+        }
         self._labels = labels
         reg = self.registry
         self.inter_token = Histogram(

@@ -40,6 +40,8 @@ class BridgeSettings:
     #: the engine instance this bridge serves (InstanceRecord.instance_id)
     instance_id: str
     node: str
+    #: the instance's MIG profile name (a metrics label only); "" when not given
+    profile: str = ""
     #: base URL of the engine's HTTP API, e.g. http://127.0.0.1:8080
     engine_url: str
     engine_kind: EngineKind = "sim"
@@ -124,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--model", required=True, help="model id whose jobs to take")
     add("--instance-id", required=True, help="the engine instance's id")
     add("--node", required=True, help="the node this instance runs on")
+    add("--profile", default="", help="the instance's MIG profile, a metrics label (default: none)")
     add("--engine-url", required=True, help="engine base URL, e.g. http://127.0.0.1:8080")
     add("--engine-kind", required=True, choices=ENGINE_KINDS, help="engine API dialect")
     add("--slots", type=int, required=True, help="concurrent requests the engine serves")
@@ -156,6 +159,7 @@ def settings_from_args(argv: Sequence[str] | None, env: Mapping[str, str]) -> Br
         model=args.model,
         instance_id=args.instance_id,
         node=args.node,
+        profile=args.profile,
         engine_url=args.engine_url,
         engine_kind=cast(EngineKind, args.engine_kind),
         slots=args.slots,

@@ -43,6 +43,8 @@ class InstanceLaunch:
     port: int
     slice_uuid: str
     slots: int
+    #: the slice's MIG profile name (the bridge's ``profile`` metrics label)
+    profile: str = ""
 
     @property
     def engine_url(self) -> str:

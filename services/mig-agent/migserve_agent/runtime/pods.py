@@ -191,6 +191,8 @@ def pod_manifest(
             launch.instance_id,
             "--node",
             launch.node,
+            "--profile",
+            launch.profile,
             "--engine-url",
             f"http://127.0.0.1:{port}",
             "--engine-kind",

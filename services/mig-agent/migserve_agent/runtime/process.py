@@ -195,6 +195,7 @@ class ProcessRuntime:
             "--model", launch.model_id,
             "--instance-id", launch.instance_id,
             "--node", launch.node,
+            "--profile", launch.profile,
             "--engine-url", launch.engine_url,
             "--engine-kind", launch.engine_kind,
             "--slots", str(launch.slots),
