@@ -10,6 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
+import msgspec
 from migserve_agent.gpu import inspect as gpu_inspect
 from migserve_shared.errors import ConfigError, MigserveError
 from migserve_shared.messages import EVENT_KINDS
@@ -42,6 +43,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         gateway_port=args.gateway_port,
         sim_engine_startup_s=args.sim_startup,
         ready_timeout_s=args.ready_timeout,
+        metrics_source=args.metrics_source,
     )
     try:
         stack = local_stack.up(opts, _say)
@@ -98,6 +100,12 @@ def _stack_urls(args: argparse.Namespace) -> tuple[str, str]:
 def cmd_status(args: argparse.Namespace) -> int:
     nats_url, gateway_url = _stack_urls(args)
     view = asyncio.run(read_cluster(nats_url, gateway_url))
+    stack = None if args.nats_url else local_stack.read_stack(_home(args))
+    if stack is not None:
+        source = stack.metrics_source
+        if stack.prometheus_url:
+            source = f"{source} ({stack.prometheus_url})"
+        view = msgspec.structs.replace(view, metrics_source=source)
     if args.json:
         sys.stdout.buffer.write(as_json(view) + b"\n")
     else:
@@ -165,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds the sim engine pretends to load (default 0.5)",
     )
     up.add_argument("--ready-timeout", type=float, default=60.0)
+    up.add_argument(
+        "--metrics-source",
+        choices=("auto", "direct", "prometheus"),
+        default="auto",
+        help="auto: Prometheus when a `prometheus` binary is on PATH, else direct scraping",
+    )
     up.add_argument(
         "--detach", action="store_true", help="return once the gateway answers; print the URLs"
     )

@@ -35,6 +35,7 @@ from migserve_shared.messages import (
 from migserve_cli.llama_build import ensure_llama_server
 from migserve_cli.nats_server import start_nats_server
 from migserve_cli.procs import ProcessRef, spawn
+from migserve_cli.prometheus import choose_source, start_prometheus, wait_ready
 
 Say = Callable[[str], None]
 
@@ -60,6 +61,8 @@ class StackFile(msgspec.Struct, kw_only=True):
     nodes: list[str] = msgspec.field(default_factory=list)
     processes: list[ProcessEntry] = msgspec.field(default_factory=list)
     started: float = 0.0
+    metrics_source: str = "direct"
+    prometheus_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ class StackOptions:
     sim_engine_startup_s: float = 0.5
     ready_timeout_s: float = 60.0
     extra_env: dict[str, str] = field(default_factory=dict)
+    metrics_source: str = "auto"
 
 
 def default_home() -> Path:
@@ -142,6 +146,19 @@ def up(opts: StackOptions, say: Say) -> StackFile:
     _write_stack(stack)
     asyncio.run(_prepare_jetstream(nats.url))
 
+    watcher_env: dict[str, str] = {}
+    stack.metrics_source = choose_source(opts.metrics_source)
+    watcher_env["MIGSERVE_METRICS_SOURCE"] = stack.metrics_source
+    if stack.metrics_source == "prometheus":
+        prom = start_prometheus(home, logs)
+        stack.prometheus_url = prom.url
+        stack.processes.append(_entry(prom.ref))
+        _write_stack(stack)
+        say(f"started prometheus (pid {prom.ref.pid}, {prom.url})")
+        wait_ready(prom.url)
+        watcher_env["MIGSERVE_PROMETHEUS_URL"] = prom.url
+        watcher_env["MIGSERVE_PROMETHEUS_FILE_SD"] = str(prom.targets_file)
+
     port = opts.gateway_port or _free_port()
     stack.gateway_url = f"http://127.0.0.1:{port}"
     base_env = _service_env(nats.url, opts.extra_env)
@@ -158,7 +175,7 @@ def up(opts: StackOptions, say: Say) -> StackFile:
             },
         ),
         ("scaler", [py, "-m", "migserve_scaler"], {"MIGSERVE_SCALER_ID": "scaler-1"}),
-        ("metrics-watcher", [py, "-m", "migserve_watcher"], {}),
+        ("metrics-watcher", [py, "-m", "migserve_watcher"], watcher_env),
     ]
     gpus = ",".join([opts.gpu_model] * opts.gpus_per_node)
     for i in range(1, opts.nodes + 1):
@@ -277,9 +294,11 @@ def down(home: Path, say: Say, *, retire_timeout_s: float = 60.0) -> DownReport:
         instances, report.retired, report.leftover_slices = asyncio.run(
             _retire_all(stack.nats_url, retire_timeout_s, say)
         )
-    order = ["gateway", "metrics-watcher", "scaler"] + [
-        n for n in by_name if n.startswith("mig-agent")
-    ]
+    order = (
+        ["gateway", "metrics-watcher", "scaler"]
+        + [n for n in by_name if n.startswith("mig-agent")]
+        + ["prometheus"]
+    )
     for name in order:
         ref = by_name.get(name)
         if ref is not None and ref.stop():
