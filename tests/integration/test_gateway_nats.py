@@ -329,7 +329,14 @@ async def test_official_openai_client(nats_server: NatsServer, nc: NATS) -> None
     await instance_ready(nc)
     async with running_gateway(nats_server) as url, bridge_running(nc):
         client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+
+        async def model_listed() -> bool:
+            # the gateway's view follows the bucket; it may lag a registration
+            # made just before start by a few milliseconds
+            return MODEL in [m.id for m in (await client.models.list()).data]
+
         try:
+            await until(model_listed)
             messages: Any = [{"role": "user", "content": "Say hello"}]
             done = await client.chat.completions.create(
                 model=MODEL, messages=messages, max_tokens=5
