@@ -110,6 +110,25 @@ def checked_args(spec: ModelSpec, flags: Mapping[str, Flag], *, engine: str) -> 
     return out
 
 
+def split_slots(
+    spec: ModelSpec, flags: Mapping[str, Flag], *, engine: str, slots_flag: str
+) -> tuple[int | None, dict[str, str]]:
+    """Checked ``engine_args`` without the slot count, and that count if set.
+
+    A model may give its concurrency as ``slots`` or as the engine's own flag
+    (``slots_flag``, e.g. vLLM's ``max-num-seqs``); both must agree. The
+    adapter passes the count itself, so it is removed from the other args.
+    """
+    args = checked_args(spec, {**flags, "slots": Flag(positive_int)}, engine=engine)
+    if "slots" in args and slots_flag in args and args["slots"] != args[slots_flag]:
+        raise EngineArgsError(
+            f"model {spec.model_id}: engine_args slots={args['slots']} and "
+            f"{slots_flag}={args[slots_flag]} disagree"
+        )
+    given = [args.pop(key) for key in ("slots", slots_flag) if key in args]
+    return (int(given[0]) if given else None), args
+
+
 def to_argv(values: Mapping[str, str], flags: Mapping[str, Flag]) -> list[str]:
     """``--name value`` pairs (switches alone, when true), sorted by name."""
     argv: list[str] = []

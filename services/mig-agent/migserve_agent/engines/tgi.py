@@ -42,7 +42,7 @@ from migserve_shared.messages import EngineKind, ModelSpec
 from migserve_shared.mig import Profile
 
 from migserve_agent.engines import cli_args
-from migserve_agent.engines.base import EngineArgsError, EngineLaunch
+from migserve_agent.engines.base import EngineLaunch
 from migserve_agent.engines.cli_args import SWITCH, Flag
 
 #: engine_args a model may set (TGI launcher flags), besides ``slots``
@@ -73,18 +73,10 @@ TGI_FLAGS: Final[dict[str, Flag]] = {
     "revision": Flag(cli_args.token),
     "trust-remote-code": SWITCH,
 }
-_SLOTS_KEYS = ("slots", "max-concurrent-requests")
-_ALL_FLAGS: Final[dict[str, Flag]] = {**TGI_FLAGS, "slots": Flag(cli_args.positive_int)}
 
 
-def _args(spec: ModelSpec) -> dict[str, str]:
-    args = cli_args.checked_args(spec, _ALL_FLAGS, engine="TGI")
-    if all(key in args for key in _SLOTS_KEYS) and args["slots"] != args[_SLOTS_KEYS[1]]:
-        raise EngineArgsError(
-            f"model {spec.model_id}: engine_args slots={args['slots']} and "
-            f"max-concurrent-requests={args[_SLOTS_KEYS[1]]} disagree"
-        )
-    return args
+def _args(spec: ModelSpec) -> tuple[int | None, dict[str, str]]:
+    return cli_args.split_slots(spec, TGI_FLAGS, engine="TGI", slots_flag="max-concurrent-requests")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -97,18 +89,13 @@ class TgiEngineAdapter:
     kind: EngineKind = "tgi"
 
     def slots(self, spec: ModelSpec, profile: Profile) -> int:
-        args = _args(spec)
-        for key in _SLOTS_KEYS:
-            if key in args:
-                return int(args[key])
-        return self.slots_per_compute * profile.compute_slices
+        explicit, _ = _args(spec)
+        return explicit if explicit is not None else self.slots_per_compute * profile.compute_slices
 
     def launch(
         self, *, spec: ModelSpec, profile: Profile, host: str, port: int, slots: int
     ) -> EngineLaunch:
-        args = _args(spec)
-        for key in _SLOTS_KEYS:
-            args.pop(key, None)
+        _, args = _args(spec)
         argv = [
             self.launcher,
             "--model-id", spec.source or spec.model_id,

@@ -49,7 +49,7 @@ from migserve_shared.messages import EngineKind, ModelSpec
 from migserve_shared.mig import Profile
 
 from migserve_agent.engines import cli_args
-from migserve_agent.engines.base import EngineArgsError, EngineLaunch
+from migserve_agent.engines.base import EngineLaunch
 from migserve_agent.engines.cli_args import SWITCH, Flag
 
 #: engine_args a model may set (``vllm serve`` flags), besides ``slots``
@@ -66,18 +66,10 @@ VLLM_FLAGS: Final[dict[str, Flag]] = {
     "enable-prefix-caching": SWITCH,
     "trust-remote-code": SWITCH,
 }
-_SLOTS_KEYS = ("slots", "max-num-seqs")
-_ALL_FLAGS: Final[dict[str, Flag]] = {**VLLM_FLAGS, "slots": Flag(cli_args.positive_int)}
 
 
-def _args(spec: ModelSpec) -> dict[str, str]:
-    args = cli_args.checked_args(spec, _ALL_FLAGS, engine="vLLM")
-    if all(key in args for key in _SLOTS_KEYS) and args["slots"] != args[_SLOTS_KEYS[1]]:
-        raise EngineArgsError(
-            f"model {spec.model_id}: engine_args slots={args['slots']} and "
-            f"max-num-seqs={args[_SLOTS_KEYS[1]]} disagree"
-        )
-    return args
+def _args(spec: ModelSpec) -> tuple[int | None, dict[str, str]]:
+    return cli_args.split_slots(spec, VLLM_FLAGS, engine="vLLM", slots_flag="max-num-seqs")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -91,18 +83,13 @@ class VllmEngineAdapter:
     kind: EngineKind = "vllm"
 
     def slots(self, spec: ModelSpec, profile: Profile) -> int:
-        args = _args(spec)
-        for key in _SLOTS_KEYS:
-            if key in args:
-                return int(args[key])
-        return self.slots_per_compute * profile.compute_slices
+        explicit, _ = _args(spec)
+        return explicit if explicit is not None else self.slots_per_compute * profile.compute_slices
 
     def launch(
         self, *, spec: ModelSpec, profile: Profile, host: str, port: int, slots: int
     ) -> EngineLaunch:
-        args = _args(spec)
-        for key in _SLOTS_KEYS:
-            args.pop(key, None)
+        _, args = _args(spec)
         args.setdefault("gpu-memory-utilization", str(self.gpu_memory_utilization))
         argv = [
             self.executable, "serve", spec.source or spec.model_id,
