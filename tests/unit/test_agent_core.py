@@ -112,6 +112,17 @@ def test_orphans_are_cleaned_and_foreign_slices_left_alone() -> None:
     assert fixes.fail == ()
 
 
+def test_our_gpu_instance_left_without_compute_instance_is_destroyed() -> None:
+    # the agent died between destroying the compute instance and the GPU instance
+    fixes = plan_reconcile(
+        records=[], running=set(), slices=[_slice(""), _slice("", 1, 2)],
+        owned=[_owned("MIG-half", "gone")], runtime_known={},
+    )  # fmt: skip
+    assert [o.uuid for o, _ in fixes.destroy] == ["MIG-half"]
+    assert "teardown was interrupted" in fixes.destroy[0][1]
+    assert fixes.forget == ()
+
+
 def test_adopted_slice_missing_from_ownership_is_recorded_again() -> None:
     fixes = plan_reconcile(
         records=[_record("a")], running={"a"}, slices=[_slice("MIG-a")], owned=[],

@@ -140,7 +140,11 @@ def plan_reconcile(
     forget: list[OwnedSlice] = []
     for o in owned:
         if o.uuid not in by_uuid:
-            forget.append(o)
+            if _bare_instance(o, slices) is not None:
+                why = "its teardown was interrupted (GPU instance left without a compute instance)"
+                destroy.append((o, f"{why} (made for {o.instance_id})"))
+            else:
+                forget.append(o)
         elif o.instance_id not in adopted:
             why = "its instance failed" if o.instance_id in failed else "no instance uses it"
             destroy.append((o, f"{why} (made for {o.instance_id})"))
@@ -151,6 +155,26 @@ def plan_reconcile(
         destroy=tuple(destroy),
         forget=tuple(forget),
         reown=tuple((r, by_uuid[r.slice_uuid]) for r in adopt if r.slice_uuid not in owned_uuids),
+    )
+
+
+def _bare_instance(owned: OwnedSlice, slices: Sequence[SliceInfo]) -> SliceInfo | None:
+    """The GPU instance ``owned`` was made as, now without a compute instance.
+
+    A slice has a MIG UUID only while its compute instance exists; an agent
+    that dies between destroying the compute instance and the GPU instance
+    leaves a GPU instance without one. It is still ours when GPU, GPU instance
+    id, profile and start all match the record.
+    """
+    return next(
+        (
+            s
+            for s in slices
+            if not s.uuid
+            and (s.gpu_index, s.gi_id, s.profile, s.start)
+            == (owned.gpu_index, owned.gi_id, owned.profile, owned.start)
+        ),
+        None,
     )
 
 

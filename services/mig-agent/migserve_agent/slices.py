@@ -146,7 +146,9 @@ class SliceManager:
             return None
         for s in slices:
             if s.gi_id == owned.gi_id:
-                return s if s.uuid == owned.uuid else None
+                # no UUID: our GPU instance whose compute instance is already gone
+                bare = not s.uuid and (s.profile, s.start) == (owned.profile, owned.start)
+                return s if s.uuid == owned.uuid or bare else None
         return None
 
     async def _destroy_with_retries(self, owned: OwnedSlice) -> None:
