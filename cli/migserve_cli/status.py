@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+from migserve_scaler.leader import decode_lease
+from migserve_shared import subjects
 from migserve_shared.bus import connect, kv_values, open_buckets
-from migserve_shared.env import NatsSettings
+from migserve_shared.env import NatsSettings, redact_url
 from migserve_shared.messages import (
     InstanceRecord,
     ModelSpec,
@@ -16,26 +18,34 @@ from migserve_shared.messages import (
     decode_model_spec,
     decode_node_state,
     decode_plan,
+    now,
 )
 from migserve_shared.mig import Slice, gpu_model, render_bar
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
 
 
 class ClusterView(msgspec.Struct, kw_only=True):
     nats_url: str
     gateway_url: str = ""
     metrics_source: str = ""
+    #: the scaler replica holding the leader lease, with its term ("" when none)
+    scaler_leader: str = ""
     models: list[ModelSpec]
     nodes: list[NodeState]
     instances: list[InstanceRecord]
     plans: list[Plan]
 
 
-async def read_cluster(nats_url: str, gateway_url: str = "") -> ClusterView:
-    nc = await connect(NatsSettings(url=nats_url, name="migserve-status"), connect_timeout=3)
+async def read_cluster(nats: str | NatsSettings, gateway_url: str = "") -> ClusterView:
+    """The cluster as the KV buckets say; ``nats`` is a URL or settings with credentials
+    (the URL shown is redacted: no password ever reaches the output)."""
+    settings = NatsSettings(url=nats, name="migserve-status") if isinstance(nats, str) else nats
+    nc = await connect(settings, connect_timeout=3)
     try:
         b = await open_buckets(nc.jetstream())
         return ClusterView(
-            nats_url=nats_url,
+            nats_url=redact_url(settings.url),
             gateway_url=gateway_url,
             models=[decode_model_spec(v) for _, v, _ in await kv_values(b.models)],
             nodes=sorted(
@@ -47,9 +57,28 @@ async def read_cluster(nats_url: str, gateway_url: str = "") -> ClusterView:
                 key=lambda i: (i.node, i.gpu_index, i.start),
             ),
             plans=[decode_plan(v) for _, v, _ in await kv_values(b.plans)],
+            scaler_leader=await _scaler_leader(b.leader),
         )
     finally:
         await nc.close()
+
+
+async def _scaler_leader(kv: KeyValue) -> str:
+    """Who holds the scaler lease, from the lease record (its holder's own clock)."""
+    try:
+        entry = await kv.get(subjects.SCALER_LEASE_KEY)
+    except KeyNotFoundError:
+        return ""
+    try:
+        lease = decode_lease(entry.value or b"")
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return "(unreadable lease)"
+    if not lease.holder:
+        return ""
+    silent = now() - lease.renewed
+    if silent > lease.ttl_s:  # by the wall clocks of two hosts: a hint, not a verdict
+        return f"{lease.holder} (term {lease.term}, not renewed for {silent:.0f} s)"
+    return f"{lease.holder} (term {lease.term})"
 
 
 def as_json(view: ClusterView) -> bytes:
@@ -66,6 +95,7 @@ def render(view: ClusterView) -> str:
     lines.append(f"nats     {view.nats_url}")
     if view.metrics_source:
         lines.append(f"metrics  {view.metrics_source}")
+    lines.append(f"scaler   {view.scaler_leader or '(no leader)'}")
     lines.append("")
     by_slice = {(i.node, i.gpu_index, i.start): i for i in view.instances}
     lines.append("NODES (each bar is the GPU's 8 memory slices)")

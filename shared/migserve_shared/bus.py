@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import msgspec
-import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -27,18 +25,16 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
-    DiscardPolicy,
-    RetentionPolicy,
-    StorageType,
-    StreamConfig,
 )
-from nats.js.errors import BadRequestError, KeyNotFoundError, NotFoundError
+from nats.js.errors import BadRequestError, KeyNotFoundError, NoKeysError, NotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from migserve_shared import subjects
+from migserve_shared.connection import NatsConnectError, connect, connect_options
 from migserve_shared.env import NatsSettings
 from migserve_shared.errors import BadMessageError, ErrorCode
 from migserve_shared.ids import new_id
+from migserve_shared.jetstream import BUCKETS, DAY, STREAMS, ensure_jetstream, stream_changes
 from migserve_shared.messages import (
     Command,
     Event,
@@ -51,112 +47,30 @@ from migserve_shared.messages import (
     event_subject_id,
 )
 
+__all__ = [
+    "BUCKETS",
+    "DAY",
+    "STREAMS",
+    "Buckets",
+    "EventPublisher",
+    "NatsConnectError",
+    "NatsSettings",
+    "ReplyRouter",
+    "ReplySender",
+    "connect",
+    "connect_options",
+    "drain_quietly",
+    "ensure_jetstream",
+    "ensure_jobs_consumer",
+    "follow_bucket",
+    "iterate_replies",
+    "kv_values",
+    "open_buckets",
+    "send_command",
+    "stream_changes",
+]
+
 log = logging.getLogger(__name__)
-
-DAY = 24 * 3600.0
-
-
-async def connect(settings: NatsSettings, *, connect_timeout: float = 5.0) -> NATS:
-    """Connect with unbounded reconnects and callbacks that log instead of raising."""
-
-    async def on_error(exc: Exception) -> None:
-        log.warning("nats error: %s", exc, extra={"nats_error": type(exc).__name__})
-
-    client: list[NATS] = []
-
-    async def on_disconnected() -> None:
-        if client and (client[0].is_closed or client[0].is_draining):
-            return  # a shutdown we asked for, not an outage
-        log.warning("nats disconnected; reconnecting")
-
-    async def on_reconnected() -> None:
-        log.info("nats reconnected")
-
-    kwargs: dict[str, object] = {}
-    if settings.creds_file:
-        kwargs["user_credentials"] = settings.creds_file
-    if settings.user:
-        kwargs["user"] = settings.user
-        kwargs["password"] = settings.password or ""
-    nc = await nats.connect(
-        servers=[settings.url],
-        name=settings.name,
-        connect_timeout=connect_timeout,
-        allow_reconnect=True,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.25,
-        error_cb=on_error,
-        disconnected_cb=on_disconnected,
-        reconnected_cb=on_reconnected,
-        **kwargs,
-    )
-    client.append(nc)
-    return nc
-
-
-STREAMS: tuple[StreamConfig, ...] = (
-    StreamConfig(
-        name=subjects.JOBS_STREAM,
-        subjects=[subjects.JOBS_WILDCARD],
-        retention=RetentionPolicy.WORK_QUEUE,
-        storage=StorageType.FILE,
-        max_age=600.0,
-        duplicate_window=60.0,
-    ),
-    StreamConfig(
-        name=subjects.EVENTS_STREAM,
-        subjects=[subjects.EVENTS_WILDCARD],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        max_age=7 * DAY,
-        max_bytes=1 << 30,
-        discard=DiscardPolicy.OLD,
-        duplicate_window=120.0,
-    ),
-    StreamConfig(
-        name=subjects.COMMANDS_STREAM,
-        subjects=[subjects.COMMANDS_WILDCARD],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        max_age=DAY,
-        duplicate_window=600.0,
-    ),
-)
-
-#: bucket -> (history, ttl seconds or None)
-BUCKETS: dict[str, tuple[int, float | None]] = {
-    subjects.KV_MODELS: (5, None),
-    subjects.KV_NODES: (1, None),
-    subjects.KV_INSTANCES: (5, None),
-    subjects.KV_PLANS: (10, None),
-    subjects.KV_LEADER: (1, 15.0),
-}
-
-
-async def ensure_jetstream(js: JetStreamContext, *, replicas: int = 1) -> None:
-    """Create (or update) the streams and KV buckets; safe to call from every service.
-
-    ``replicas`` is the number of copies on a NATS cluster (MIGSERVE_JS_REPLICAS);
-    every service must pass the same value, or the last one to start wins.
-    """
-    for cfg in STREAMS:
-        cfg = _with_replicas(cfg, replicas)
-        try:
-            await js.add_stream(config=cfg)
-        except BadRequestError:
-            await js.update_stream(config=cfg)
-    for bucket, (history, ttl) in BUCKETS.items():
-        try:
-            await js.key_value(bucket)
-        except Exception:  # nats-py raises BucketNotFoundError or NotFoundError
-            with contextlib.suppress(BadRequestError):
-                await js.create_key_value(
-                    bucket=bucket, history=history, ttl=ttl, replicas=replicas
-                )
-
-
-def _with_replicas(cfg: StreamConfig, replicas: int) -> StreamConfig:
-    return dataclasses.replace(cfg, num_replicas=replicas)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,12 +92,30 @@ async def open_buckets(js: JetStreamContext) -> Buckets:
     )
 
 
+#: times ``kv_values`` asks for the keys before it believes a bucket has none
+_NO_KEYS_CHECKS = 3
+
+
 async def kv_values(kv: KeyValue) -> list[tuple[str, bytes, int]]:
-    """Every live (key, value, revision) of a bucket (an empty bucket gives [])."""
+    """Every live (key, value, revision) of a bucket (an empty bucket gives []).
+
+    nats-py's ``KeyValue.keys()`` now and then raises NoKeysError for a bucket
+    that has keys (its watcher may report "caught up" before its callback saw
+    the messages already delivered: about 1 call in 300 here), which made an
+    agent restart stop instances it should have adopted. "No keys" is believed
+    only when ``keys()`` says so ``_NO_KEYS_CHECKS`` times in a row.
+    """
     out: list[tuple[str, bytes, int]] = []
+    keys: list[str] = []
     try:
-        keys = await kv.keys()
-    except Exception:
+        for _ in range(_NO_KEYS_CHECKS):
+            try:
+                keys = await kv.keys()
+                break
+            except NoKeysError:
+                continue
+    except Exception as exc:
+        log.warning("listing the keys of a KV bucket failed: %r", exc)
         return out
     for key in keys:
         try:
@@ -274,6 +206,8 @@ async def ensure_jobs_consumer(js: JetStreamContext, model_id: str, *, ack_wait:
     """Create the model's shared pull consumer on the JOBS stream; return its name."""
     durable = subjects.jobs_consumer(model_id)
     config = ConsumerConfig(
+        # with a name, the create subject carries the filter (permissions check it)
+        name=durable,
         durable_name=durable,
         filter_subject=subjects.infer(model_id),
         ack_policy=AckPolicy.EXPLICIT,
@@ -301,7 +235,8 @@ class ReplyRouter:
 
     def __init__(self, nc: NATS) -> None:
         self._nc = nc
-        self._prefix = f"_INBOX.{new_id()}"
+        # under the connection's own inbox prefix: the only inboxes its user may read
+        self._prefix = nc.new_inbox()
         self._queues: dict[str, asyncio.Queue[JobReply]] = {}
         self._sub: Subscription | None = None
 

@@ -10,6 +10,7 @@ import contextlib
 import contextvars
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -38,6 +39,19 @@ def current_trace_id() -> str:
     return _context.get().get("trace_id", "")
 
 
+_URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^/@\s:]*):[^/@\s]+@")
+_NATS_URL_TOKEN = re.compile(r"(\b(?:nats|tls|ws|wss)://)[^/@\s:]+@")
+
+
+def redact_secrets(text: str) -> str:
+    """``text`` with the password (or token) of every URL in it replaced by ``***``.
+
+    A last line of defence: settings keep credentials out of URLs already
+    (``env.nats_settings``), but a URL may still reach a message or a traceback.
+    """
+    return _NATS_URL_TOKEN.sub(r"\1***@", _URL_PASSWORD.sub(r"\1:***@", text))
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, context, extras."""
 
@@ -52,14 +66,14 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "service": self._service,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": redact_secrets(record.getMessage()),
         }
         out.update(_context.get())
         for key, value in record.__dict__.items():
             if key not in _RESERVED and not key.startswith("_"):
-                out[key] = value
+                out[key] = redact_secrets(value) if isinstance(value, str) else value
         if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
+            out["exc"] = redact_secrets(self.formatException(record.exc_info))
         return json.dumps(out, default=str)
 
 
@@ -72,7 +86,7 @@ class TextFormatter(logging.Formatter):
         line = base + record.getMessage() + (f" [{ctx}]" if ctx else "")
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
-        return line
+        return redact_secrets(line)
 
 
 def configure_logging(service: str, *, level: str = "INFO", json_lines: bool = True) -> None:

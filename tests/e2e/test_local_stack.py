@@ -36,6 +36,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local_stack.Stac
         nodes=2,
         gateway_port=0,
         sim_engine_startup_s=0.3,
+        nats_auth=True,  # as `migserve up` runs it: every service under its own NATS user
     )
     lines: list[str] = []
     try:
@@ -79,7 +80,7 @@ def test_cold_start_then_answers_streaming_and_not(stack: local_stack.StackFile)
 
 def test_story_is_in_the_event_stream(stack: local_stack.StackFile) -> None:
     lines: list[str] = []
-    asyncio.run(follow(stack.nats_url, lines.append, follow_s=1.0))
+    asyncio.run(follow(local_stack.nats_settings(stack), lines.append, follow_s=1.0))
     text = "\n".join(lines)
     for kind in (
         "model.registered",
@@ -101,7 +102,7 @@ def test_story_is_in_the_event_stream(stack: local_stack.StackFile) -> None:
 
 
 def test_status_shows_the_slice_and_instance(stack: local_stack.StackFile) -> None:
-    view = asyncio.run(read_cluster(stack.nats_url, stack.gateway_url))
+    view = asyncio.run(read_cluster(local_stack.nats_settings(stack), stack.gateway_url))
     ready = [i for i in view.instances if i.model_id == MODEL and i.state == "ready"]
     assert len(ready) == 1
     inst = ready[0]
@@ -137,8 +138,25 @@ def test_cli_status_json_has_urls(stack: local_stack.StackFile, tmp_path: Path) 
     assert "1g.5gb" in text and "[" in text
 
 
+def test_every_service_keeps_to_its_nats_permissions(stack: local_stack.StackFile) -> None:
+    """NATS auth is on, and no service was refused anything it needed on the way."""
+    assert stack.nats_user == "admin"
+    log = Path(stack.home) / "logs" / "nats-server.log"
+    violations = [line for line in log.read_text().splitlines() if "Violation" in line]
+    assert not violations, "\n".join(violations)
+    passwords = [
+        p.read_text().strip() for p in Path(stack.nats_password_file).parent.glob("*.password")
+    ]
+    assert len(passwords) >= 6  # gateway, scaler, watcher, bridge, admin, an agent per node
+    logs = list(Path(stack.home).rglob("*.log"))
+    assert any("bridge" in p.name for p in logs), logs
+    for path in logs:
+        text = path.read_text(errors="replace")
+        assert not any(pw in text for pw in passwords), path
+
+
 def test_down_leaves_no_process_and_no_slice(stack: local_stack.StackFile) -> None:
-    view = asyncio.run(read_cluster(stack.nats_url))
+    view = asyncio.run(read_cluster(local_stack.nats_settings(stack)))
     children = [pid for i in view.instances for pid in (i.engine_pid, i.bridge_pid) if pid]
     assert children
     lines: list[str] = []

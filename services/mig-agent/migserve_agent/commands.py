@@ -123,6 +123,9 @@ class CommandConsumer:
     async def _ensure_consumer(self) -> str:
         durable = subjects.agent_consumer(self._node)
         config = ConsumerConfig(
+            # with a name, the create subject carries the filter: NATS permissions
+            # let this node's user create only this consumer (migserve_shared.permissions)
+            name=durable,
             durable_name=durable,
             filter_subject=subjects.agent_commands(self._node),
             ack_policy=AckPolicy.EXPLICIT,

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import msgspec
+from migserve_shared.env import bridge_nats_environment
 from migserve_shared.ids import encode_token
 from migserve_shared.messages import InstanceRecord
 
@@ -202,7 +203,12 @@ class ProcessRuntime:
             "--metrics-port", "0",
             "--metrics-host", launch.host,
         ]  # fmt: skip
-        env = {**self._base_env, "MIGSERVE_NATS_URL": self._nats_url, "PYTHONUNBUFFERED": "1"}
+        # the bridge connects as the bridge user (MIGSERVE_BRIDGE_NATS_*), not as the agent
+        env = {
+            **bridge_nats_environment(self._base_env),
+            "MIGSERVE_NATS_URL": self._nats_url,
+            "PYTHONUNBUFFERED": "1",
+        }
         try:
             bridge = procs.spawn(argv, env=env, log_path=log_path)
         except OSError as exc:
