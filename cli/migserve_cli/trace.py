@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from migserve_shared import subjects
 from migserve_shared.bus import connect
@@ -30,7 +30,7 @@ def describe(evt: Event) -> str:
         if name in _SKIP:
             continue
         value = getattr(evt, name)
-        if value in ("", None, [], {}):
+        if value is False or value in ("", None, [], {}):  # unset flags and empties say nothing
             continue
         if name == "model":
             value = getattr(value, "model_id", value)
@@ -45,7 +45,7 @@ def describe(evt: Event) -> str:
 
 
 async def follow(
-    nats_url: str,
+    nats: str | NatsSettings,
     out: Callable[[str], None],
     *,
     trace_id: str | None = None,
@@ -55,7 +55,8 @@ async def follow(
     skip_snapshots: bool = True,
 ) -> int:
     """Print events (all so far, then live) until ``follow_s`` passes; return the count."""
-    nc = await connect(NatsSettings(url=nats_url, name="migserve-trace"), connect_timeout=3)
+    settings = NatsSettings(url=nats, name="migserve-trace") if isinstance(nats, str) else nats
+    nc = await connect(settings, connect_timeout=3)
     count = 0
     try:
         js = nc.jetstream()
@@ -86,3 +87,36 @@ async def follow(
     finally:
         await nc.close()
     return count
+
+
+async def read_events(
+    nats: str | NatsSettings,
+    *,
+    start: float = 0.0,
+    end: float = float("inf"),
+    kinds: Iterable[str] = (),
+    idle_s: float = 0.5,
+) -> list[Event]:
+    """The events stored so far whose time lies in [``start``, ``end``], of ``kinds``
+    if given (reads the stream until nothing new comes for ``idle_s``)."""
+    wanted = set(kinds)
+    settings = NatsSettings(url=nats, name="migserve-events") if isinstance(nats, str) else nats
+    nc = await connect(settings, connect_timeout=3)
+    found: list[Event] = []
+    try:
+        sub = await nc.jetstream().subscribe(
+            subjects.EVENTS_WILDCARD, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+        )
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=idle_s)
+            except TimeoutError:
+                break
+            with contextlib.suppress(BadMessageError):
+                evt = decode_event(msg.data)
+                if start <= evt.time <= end and (not wanted or event_kind(evt) in wanted):
+                    found.append(evt)
+        await sub.unsubscribe()
+    finally:
+        await nc.close()
+    return found

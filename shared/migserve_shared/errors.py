@@ -27,6 +27,10 @@ class ErrorCode(StrEnum):
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
     DRAINING = "draining"
+    #: a scaling step is not allowed by the model's policy (max replicas and profile)
+    AT_LIMIT = "at_limit"
+    #: a swap would take longer than the load it answers is expected to last
+    SWAP_TOO_SLOW = "swap_too_slow"
     INTERNAL = "internal"
 
 

@@ -56,6 +56,11 @@ class ModelSpec(Struct, frozen=True, kw_only=True):
     source: str | None = None
     engine_args: dict[str, str] = field(default_factory=dict)
     registered_at: float = 0.0
+    #: on an SLO violation: a bigger slice first ("vertical") or another replica first
+    #: ("horizontal"); either falls back to the other at its limit
+    scaling: Literal["vertical", "horizontal"] = "vertical"
+    #: with min_replicas 0: retire every replica after this many idle seconds (0: never)
+    idle_to_zero_s: NonNegFloat = 0.0
 
 
 # Inference jobs ---------------------------------------------------------------
@@ -211,6 +216,18 @@ class PlanStep(Struct, frozen=True, kw_only=True):
     start: MemSlice = 0
     status: Literal["pending", "sent", "done", "failed"] = "pending"
     reason: str = ""
+    #: how many times the step's command was sent (resends and retries included)
+    attempts: NonNegInt = 0
+    #: when the command was last sent, and first sent
+    sent_at: float = 0.0
+    first_sent_at: float = 0.0
+    #: the model whose instance the step creates or retires ("": the plan's model);
+    #: another model's when the plan moves its instance to make room
+    model_id: str = ""
+    #: for a create: the instance the new one replaces (retired by a later step)
+    replaces: str = ""
+    #: a step added to undo the plan after a failure
+    rollback: bool = False
 
 
 class Plan(Struct, frozen=True, kw_only=True):
@@ -225,6 +242,8 @@ class Plan(Struct, frozen=True, kw_only=True):
     trace_id: str = ""
     created: float = 0.0
     updated: float = 0.0
+    #: the old instance is retired before its replacement is made (nothing else fits)
+    break_before_make: bool = False
 
 
 # Commands (llm.cmd.agent.<node>) ---------------------------------------------------
@@ -328,6 +347,8 @@ class ScaleDecided(_Event, tag="scale.decided", frozen=True, kw_only=True):
     profile: str = ""
     start: MemSlice = 0
     instance_id: str = ""
+    #: the plan retires the old instance before its replacement is ready
+    break_before_make: bool = False
 
 
 class ScaleFailed(_Event, tag="scale.failed", frozen=True, kw_only=True):
@@ -468,6 +489,10 @@ class _Decoder(Generic[T]):
             return self._dec.decode(data)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise BadMessageError(f"bad {self._what}: {exc}") from exc
+        except RecursionError as exc:  # JSON nested deeper than msgspec follows
+            raise BadMessageError(f"bad {self._what}: nested too deeply") from exc
+        except UnicodeError as exc:  # lone surrogates in a str; bad UTF-8 inside a tag
+            raise BadMessageError(f"bad {self._what}: not valid UTF-8 / Unicode text") from exc
 
 
 decode_event: _Decoder[Event] = _Decoder(Event, "event")

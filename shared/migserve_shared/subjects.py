@@ -39,6 +39,9 @@ KV_LEADER: Final = "migserve_leader"  # key: "scaler" -> lease
 
 ALL_BUCKETS: Final = (KV_MODELS, KV_NODES, KV_INSTANCES, KV_PLANS, KV_LEADER)
 
+#: key of the scaler's lease in KV_LEADER (migserve_scaler.leader)
+SCALER_LEASE_KEY: Final = "scaler"
+
 
 def model_key(model_id: str) -> str:
     """KV key for a model id in the models and plans buckets."""

@@ -43,7 +43,9 @@ from migserve_shared.messages import (
 NOW = 1_000_000.0
 MODEL = "org/small"
 OTHER = "org/other"
-POLICY = Policy(plan_timeout_s=180, retry_backoff_s=5, failure_report_interval_s=60)
+POLICY = Policy(
+    plan_timeout_s=180, retry_backoff_s=5, failure_report_interval_s=60, step_timeout_s=1000
+)
 
 
 def a100(name: str, *, full: bool = False) -> NodeState:
@@ -329,10 +331,16 @@ def test_plan_times_out() -> None:
     assert of_type(tick(v, NOW + 179, out.memory), PutPlan) == []
     late = tick(v, NOW + 181, out.memory)
     [put] = of_type(late, PutPlan)
-    assert put.plan.status == "failed" and "180 s" in put.plan.reason
+    assert "180 s" in put.plan.reason
     [evt] = events(late)
     assert isinstance(evt, ScaleFailed) and evt.code is ErrorCode.TIMEOUT
     assert evt.trace_id == plan.trace_id
+    # the instance may exist after all: the plan is rolled back by retiring it
+    assert put.plan.status == "running" and put.plan.steps[0].status == "failed"
+    [undo] = put.plan.steps[1:]
+    assert undo.rollback and undo.op == "retire" and undo.instance_id == plan.steps[0].instance_id
+    [send] = of_type(late, SendCommand)
+    assert send.command.command_id == undo.command_id and "rolling back" in evt.reason
 
 
 def test_tick_resends_a_command_without_result() -> None:

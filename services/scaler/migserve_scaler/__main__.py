@@ -1,7 +1,9 @@
 """``migserve-scaler``: decide which model runs on which MIG slice of which GPU.
 
-Signals set a stop event; an exit stack owns the NATS connection (drained on
-the way out) and the metrics server; the scaler's task group runs its loops.
+Run two or more for availability: one leads (``leader.py``), the others wait.
+Signals set a stop event (the leader then releases its lease); an exit stack
+owns the NATS connection (drained on the way out) and the metrics server; the
+scaler's task group runs its loops.
 """
 
 from __future__ import annotations
@@ -53,7 +55,12 @@ async def run(settings: ScalerSettings) -> None:
             stack.callback(server.shutdown)
         nc = await connect(settings.nats)
         stack.push_async_callback(drain_quietly, nc)
-        log.info("scaler %s starting (NATS %s)", settings.scaler_id, settings.nats.url)
+        log.info(
+            "scaler %s starting (NATS %s, lease ttl %g s)",
+            settings.scaler_id,
+            settings.nats.url,
+            settings.lease_ttl_s,
+        )
         scaler = Scaler(settings=settings, nc=nc, metrics=metrics)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(scaler.run(stop), name="scaler")

@@ -1,17 +1,27 @@
 """The scaler service: keeps the view current, feeds events and ticks to the core,
-runs the core's effects.
+runs the core's effects, and acts only while it holds the leader lease.
 
 Loops (one task group): a watch per KV bucket (models, nodes, instances,
-plans), the events consumer (started once every bucket has been read), and a
-ticker for time-driven decisions. Decisions run one at a time under a lock,
-so the core always sees a consistent view. An event is acknowledged after its
-effects ran; when handling fails (NATS unreachable, say) it is negatively
-acknowledged and comes back a second later.
+plans), the lease (``leader.Elector``), and the leadership loop. Every
+replica keeps its view current; only the leader consumes events (the
+durable consumer is shared, a follower never pulls) and runs ticks. A new
+leader reads the plans again, starts with fresh soft memory and resumes the
+plans in flight (the core's tick resends their commands). On losing the
+lease it stops at once: its consumer and ticker are cancelled and the events
+it held unacknowledged go back to the stream. On stop it finishes the event
+at hand, hands the rest back, then releases the lease so another replica
+takes over without waiting for the ttl.
+
+Decisions run one at a time under a lock, so the core always sees a
+consistent view. An event is acknowledged after its effects ran; when
+handling fails (NATS unreachable, say) it is negatively acknowledged and
+comes back a second later.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -38,7 +48,8 @@ from nats.js import JetStreamContext
 from migserve_scaler.adapters.effects import EffectRunner
 from migserve_scaler.adapters.events import ensure_events_consumer
 from migserve_scaler.adapters.view_store import WATCHED_BUCKETS, ViewStore
-from migserve_scaler.core import IdSource, Memory, Outcome, Policy, on_event, on_tick
+from migserve_scaler.core import IdSource, Memory, Outcome, on_event, on_tick
+from migserve_scaler.leader import Elector, NotLeaderError
 from migserve_scaler.metrics import ScalerMetrics
 from migserve_scaler.settings import ScalerSettings
 
@@ -64,25 +75,41 @@ class Scaler:
         self._metrics = metrics
         self._clock = clock
         self._ids = ids
-        self._policy = Policy(plan_timeout_s=settings.plan_timeout_s)
+        self._policy = dataclasses.replace(settings.policy, plan_timeout_s=settings.plan_timeout_s)
         self._memory = Memory()
         self._lock = asyncio.Lock()
+        self._elector: Elector | None = None
+
+    @property
+    def leading(self) -> bool:
+        """True while this replica holds the lease (and may act)."""
+        return self._elector is not None and self._elector.is_leader
 
     async def run(self, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> None:
-        """Run until ``stop`` is set; set ``ready`` once the view is loaded and
-        the consumer is bound."""
+        """Run until ``stop`` is set, then give the lease up. ``ready`` is set once
+        the view is loaded and this replica either leads with its consumer bound
+        or follows a leader it has seen."""
         js = self._nc.jetstream()
         await ensure_jetstream(js, replicas=self._settings.nats.js_replicas)
         buckets = await open_buckets(js)
         store = ViewStore(buckets=buckets, metrics=self._metrics)
+        elector = Elector(
+            bucket=buckets.leader,
+            holder=self._settings.scaler_id,
+            ttl_s=self._settings.lease_ttl_s,
+            metrics=self._metrics,
+        )
+        self._elector = elector
         runner = EffectRunner(
             js=js,
             buckets=buckets,
             publisher=EventPublisher(js, source=self._settings.scaler_id),
             store=store,
             metrics=self._metrics,
+            may_act=lambda: elector.is_leader,
         )
         loaded = {b: asyncio.Event() for b in WATCHED_BUCKETS}
+        led = asyncio.Event()  # set once the leadership loop is over: the lease may go
         async with asyncio.TaskGroup() as tg:
             for bucket in WATCHED_BUCKETS:
                 tg.create_task(
@@ -97,48 +124,122 @@ class Scaler:
                     ),
                     name=f"scaler-watch-{bucket}",
                 )
-            started = asyncio.Event()
+            tg.create_task(elector.run(led), name="scaler-lease")
             tg.create_task(
-                self._consume(
-                    js, store=store, runner=runner, loaded=loaded, stop=stop, started=started
+                self._leadership(
+                    js,
+                    elector=elector,
+                    store=store,
+                    runner=runner,
+                    loaded=loaded,
+                    stop=stop,
+                    ready=ready,
+                    led=led,
                 ),
-                name="scaler-events",
+                name="scaler-leadership",
             )
-            tg.create_task(self._ticks(store, runner, started, stop), name="scaler-ticks")
-            if ready is not None:
-                tg.create_task(_forward(started, ready, stop), name="scaler-ready")
+        await elector.release()
 
-    async def _consume(
+    async def _leadership(
         self,
         js: JetStreamContext,
         *,
+        elector: Elector,
         store: ViewStore,
         runner: EffectRunner,
         loaded: dict[str, asyncio.Event],
         stop: asyncio.Event,
-        started: asyncio.Event,
+        ready: asyncio.Event | None,
+        led: asyncio.Event,
     ) -> None:
-        for event in loaded.values():
-            if not await _wait_or_stop(event, stop):
-                return
-        log.info(
-            "view loaded: %d models, %d nodes, %d instances, %d plans",
-            len(store.models),
-            len(store.nodes),
-            len(store.instances),
-            len(store.plans),
-        )
+        """Follow until elected, lead until the lease ends; again until ``stop``."""
+        try:
+            for event in loaded.values():
+                if not await _wait_or_stop(event, stop):
+                    return
+            log.info(
+                "view loaded: %d models, %d nodes, %d instances, %d plans",
+                len(store.models),
+                len(store.nodes),
+                len(store.instances),
+                len(store.plans),
+            )
+            while not stop.is_set():
+                if elector.is_leader:
+                    await self._lead(
+                        js, elector=elector, store=store, runner=runner, stop=stop, ready=ready
+                    )
+                    continue
+                if ready is not None and not ready.is_set():
+                    if not await _wait_or_stop(elector.settled, stop):
+                        return
+                    if elector.is_leader:
+                        continue
+                    ready.set()  # following: the view is current, the leader is known
+                await elector.wait_leader(stop)
+        finally:
+            led.set()
+
+    async def _lead(
+        self,
+        js: JetStreamContext,
+        *,
+        elector: Elector,
+        store: ViewStore,
+        runner: EffectRunner,
+        stop: asyncio.Event,
+        ready: asyncio.Event | None,
+    ) -> None:
+        """One term: rebuild from KV, consume and tick until the lease ends or ``stop``."""
+        log.info("leading (term %d): reading plans again, resuming those in flight", elector.term)
+        try:
+            await store.reload(subjects.KV_PLANS)
+        except Exception as exc:  # the watch keeps the plans current anyway
+            log.warning("reading the plans again failed: %r", exc)
+        self._memory = Memory()
+        over, started = asyncio.Event(), asyncio.Event()
+        async with asyncio.TaskGroup() as tg:
+            work = [
+                tg.create_task(
+                    self._consume(js, store, runner, started, over), name="scaler-events"
+                ),
+                tg.create_task(self._ticks(store, runner, started, over), name="scaler-ticks"),
+            ]
+            if ready is not None:
+                tg.create_task(_forward(started, ready, over), name="scaler-ready")
+            await elector.wait_lost(stop)
+            over.set()
+            if not stop.is_set():  # the lease ended: stop acting now, mid-effect or not
+                for task in work:
+                    task.cancel()
+        log.info("term %d over", elector.term)
+
+    async def _consume(
+        self,
+        js: JetStreamContext,
+        store: ViewStore,
+        runner: EffectRunner,
+        started: asyncio.Event,
+        over: asyncio.Event,
+    ) -> None:
+        """Pull events until ``over``; events fetched but not handled go back at once."""
         durable = await ensure_events_consumer(js)
         psub = await js.pull_subscribe_bind(durable, subjects.EVENTS_STREAM)
         started.set()
         try:
-            while not stop.is_set():
+            while not over.is_set():
                 try:
                     msgs = await psub.fetch(_BATCH, timeout=_FETCH_TIMEOUT_S)
                 except TimeoutError:  # nats-py raises both its own and asyncio.TimeoutError
                     continue
-                for msg in msgs:
-                    await self._handle(msg, store, runner)
+                try:
+                    while msgs and not over.is_set():
+                        await self._handle(msgs[0], store, runner)
+                        del msgs[0]
+                finally:  # cancelled (the lease ended) or stopping: hand the rest back
+                    for msg in msgs:
+                        with suppress(Exception):
+                            await msg.nak()
         finally:
             with suppress(Exception):
                 await psub.unsubscribe()
@@ -168,6 +269,11 @@ class Scaler:
                     ),
                     runner,
                 )
+            except NotLeaderError:
+                log.info("not the leader any more: %s goes back to the stream", kind)
+                with suppress(Exception):
+                    await msg.nak()
+                return
             except Exception as exc:
                 self._metrics.errors.inc()
                 log.warning("handling %s failed, will retry: %s", kind, exc, exc_info=True)
@@ -194,17 +300,20 @@ class Scaler:
     async def _ticks(
         self, store: ViewStore, runner: EffectRunner, started: asyncio.Event, stop: asyncio.Event
     ) -> None:
-        """Time-driven decisions (plan timeouts, resends) every tick interval."""
+        """Time-driven decisions every tick interval: plan timeouts and resends,
+        replacing lost instances, reaching ``min_replicas``."""
         if not await _wait_or_stop(started, stop):
             return
         while not stop.is_set():
             try:
                 await self._decide(
                     lambda memory: on_tick(
-                        store.view(), memory, self._clock(), policy=self._policy
+                        store.view(), memory, self._clock(), policy=self._policy, ids=self._ids
                     ),
                     runner,
                 )
+            except NotLeaderError:
+                return
             except Exception as exc:
                 self._metrics.errors.inc()
                 log.warning("tick failed: %s", exc, exc_info=True)

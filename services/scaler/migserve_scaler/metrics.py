@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 
 class ScalerMetrics:
@@ -41,5 +41,22 @@ class ScalerMetrics:
         self.errors = Counter(
             "migserve_scaler_errors",
             "Events whose handling failed and will be retried",
+            registry=reg,
+        )
+        self.leader = Gauge(
+            "migserve_scaler_leader",
+            "1 while this replica holds the scaler lease and acts, 0 while it follows",
+            registry=reg,
+        )
+        self.leader_term = Gauge(
+            "migserve_scaler_leader_term",
+            "Term of the lease this replica last held (counts leaderships)",
+            registry=reg,
+        )
+        self.leader_changes = Counter(
+            "migserve_scaler_leader_changes",
+            "Times this replica took the lease (acquired) or stopped leading "
+            "(released, lost to another replica, expired without renewal)",
+            ["change"],
             registry=reg,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from migserve_shared import subjects
 from migserve_shared.bus import Buckets, EventPublisher, send_command
@@ -12,6 +13,7 @@ from nats.js.errors import KeyWrongLastSequenceError
 
 from migserve_scaler.adapters.view_store import ViewStore
 from migserve_scaler.core import Outcome, PublishEvent, PutPlan, SendCommand
+from migserve_scaler.leader import NotLeaderError
 from migserve_scaler.metrics import ScalerMetrics
 
 log = logging.getLogger(__name__)
@@ -26,8 +28,10 @@ class EffectRunner:
         publisher: EventPublisher,
         store: ViewStore,
         metrics: ScalerMetrics,
+        may_act: Callable[[], bool] = lambda: True,
     ) -> None:
         self._js = js
+        self._may_act = may_act
         self._buckets = buckets
         self._publisher = publisher
         self._store = store
@@ -35,8 +39,14 @@ class EffectRunner:
 
     async def run(self, outcome: Outcome) -> bool:
         """Run every effect; False when a plan write lost a compare-and-set race
-        (the effects after it are skipped and the plan is read again)."""
+        (the effects after it are skipped and the plan is read again).
+
+        ``may_act`` is asked before every effect; NotLeaderError when it says no
+        (this replica's lease ended: the effects left are the next leader's).
+        """
         for effect in outcome.effects:
+            if not self._may_act():
+                raise NotLeaderError(f"not the leader any more; dropping {effect!r:.120}")
             if isinstance(effect, PutPlan):
                 if not await self._put_plan(effect):
                     return False

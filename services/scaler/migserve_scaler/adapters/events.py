@@ -24,8 +24,9 @@ DURABLE = "scaler"
 
 
 def consumed_kinds() -> list[str]:
-    """demand, model.*, instance.*, command.*, node.inventory."""
-    families = ("model", "instance", "command")
+    """demand, model.*, instance.*, command.*, slo.*, node.inventory (not the
+    per-window metrics.snapshot: slo.underload carries the evidence idleness needs)."""
+    families = ("model", "instance", "command", "slo")
     return [
         k
         for k in EVENT_KINDS

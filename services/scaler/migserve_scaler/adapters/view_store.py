@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from migserve_shared import subjects
-from migserve_shared.bus import Buckets
+from migserve_shared.bus import Buckets, kv_values
 from migserve_shared.errors import BadMessageError
 from migserve_shared.ids import InvalidTokenError, decode_token
 from migserve_shared.messages import (
@@ -141,6 +141,11 @@ class ViewStore:
             self.apply(bucket, key, None, 0, "DEL")
             return
         self.apply(bucket, key, entry.value, entry.revision or 0, entry.operation)
+
+    async def reload(self, bucket: str) -> None:
+        """Read every live key of ``bucket`` again (a new leader, before it acts)."""
+        for key, value, revision in await kv_values(self.kv(bucket)):
+            self.apply(bucket, key, value, revision, None)
 
     def kv(self, bucket: str) -> KeyValue:
         """The bucket named ``bucket`` (one of ``WATCHED_BUCKETS``)."""

@@ -4,6 +4,15 @@ Entry points: ``on_event`` and ``on_tick`` take the cluster view, the soft
 memory, the input and ``now`` and return an ``Outcome``: effects to run in
 order (write a plan with compare-and-set, send a command, publish an event)
 and the memory after them.
+
+Modules: ``demand`` (first instance), ``resize`` (SLO violation: step up or
+scale out), ``shrink`` (underload: scale in or step down; scale to zero),
+``ladder`` (profile steps), ``routes`` (where a slice comes from: free room,
+moves from ``defrag``, or break before make), ``swapcost`` (is a swap worth
+it), ``idle``, ``execute`` and ``lifecycle`` (plans step by step, timeouts,
+retries), ``rollback`` (undo steps), ``losses`` and ``replicas`` (instances
+lost outside a plan are replaced; ``min_replicas`` is kept on the tick),
+``cluster`` (reservations), ``placement``.
 """
 
 from __future__ import annotations

@@ -1,171 +1,170 @@
-"""Plans in flight: steps finish or fail, plans time out, lost commands are sent again.
+"""Plans in flight: results of their steps, and what time alone decides.
 
-A create step is done when its command is done (``command.done``) or its
-instance is ready (``instance.ready``, or the instance record says so); it
-fails on ``command.failed`` or ``instance.failed``. A plan is done when all
-its steps are, and failed as soon as one step fails (with ``scale.failed``
-carrying the reason and the plan's trace id). A plan still in flight after
-``plan_timeout_s`` fails with code ``timeout``.
+A create step is done when its command is done (``command.done``: the agent
+answers once the instance is ready) or its instance is ready
+(``instance.ready``, or the record says so); it fails on ``command.failed``,
+``instance.failed`` or a record in state ``failed``. A retire step is done on
+``command.done``, ``instance.stopped``, ``instance.failed`` or when the
+instance record is gone or stopped (an undo step waits for its command's
+answer: the instance it retires may not have been recorded yet).
+
+Each tick, for every plan in flight: a plan past its time limit
+(``plan_timeout_s`` per slice it creates) fails and is rolled back; a step
+without a result after ``step_timeout_s`` is sent again or fails; a command
+the scaler does not remember sending (it restarted) or sent more than
+``resend_after_s`` ago is published again (the stream drops duplicates); a
+plan whose next step was never sent gets it sent.
 """
 
 from __future__ import annotations
 
-from typing import Literal, TypeAlias
+from typing import TypeAlias
 
-import msgspec
 from migserve_shared.errors import ErrorCode
 from migserve_shared.messages import (
     CommandDone,
     CommandFailed,
     InstanceFailed,
     InstanceReady,
-    Plan,
-    PlanStep,
-    ScaleFailed,
+    InstanceStopped,
 )
 
-from migserve_scaler.core.demand import create_command
-from migserve_scaler.core.effects import Outcome, PublishEvent, PutPlan, SendCommand
+from migserve_scaler.core.commands import step_command
+from migserve_scaler.core.effects import Outcome, SendCommand
+from migserve_scaler.core.execute import (
+    Progress,
+    advance,
+    fail_plan,
+    step_done,
+    step_failed,
+    step_in_flight,
+    step_timed_out,
+    undoing,
+)
 from migserve_scaler.core.policy import Policy
 from migserve_scaler.core.view import IN_FLIGHT, ClusterView, Memory, PlanEntry
 
-StepResult: TypeAlias = CommandDone | CommandFailed | InstanceReady | InstanceFailed
+StepResult: TypeAlias = (
+    CommandDone | CommandFailed | InstanceReady | InstanceFailed | InstanceStopped
+)
+
+__all__ = ["StepResult", "fail_plan", "on_step_result", "on_tick", "reports_on"]
 
 
-def _find(
-    view: ClusterView, attr: Literal["command_id", "instance_id"], value: str
-) -> tuple[PlanEntry, PlanStep] | None:
-    """The plan in flight and its step whose ``attr`` is ``value``."""
+def _find(view: ClusterView, event: StepResult) -> tuple[PlanEntry, int] | None:
+    """The plan in flight and the index of its step in flight that ``event`` reports on."""
     for entry in view.plans.values():
         if entry.plan.status not in IN_FLIGHT:
             continue
-        for step in entry.plan.steps:
-            if getattr(step, attr) == value:
-                return entry, step
+        index = step_in_flight(entry.plan)
+        if index is None:
+            continue
+        step = entry.plan.steps[index]
+        if isinstance(event, CommandDone | CommandFailed):
+            if step.command_id == event.command_id:
+                return entry, index
+        elif step.instance_id == event.instance_id:
+            if isinstance(event, InstanceReady) and step.op != "create":
+                continue
+            if isinstance(event, InstanceStopped) and step.op != "retire":
+                continue
+            return entry, index
     return None
 
 
-def _step_done(entry: PlanEntry, step: PlanStep, memory: Memory, now: float) -> Outcome:
-    if step.status == "done":
-        return Outcome(memory, notes=(f"step {step.command_id} already done",))
-    steps = [
-        msgspec.structs.replace(s, status="done") if s.command_id == step.command_id else s
-        for s in entry.plan.steps
-    ]
-    all_done = all(s.status == "done" for s in steps)
-    plan = msgspec.structs.replace(
-        entry.plan, steps=steps, status="done" if all_done else entry.plan.status, updated=now
-    )
-    note = f"plan {plan.plan_id} done" if all_done else f"step {step.command_id} done"
-    return Outcome(
-        memory.forget_commands({step.command_id}),
-        effects=(PutPlan(plan, entry.revision),),
-        notes=(note,),
-    )
+def reports_on(view: ClusterView, event: StepResult) -> bool:
+    """Whether ``event`` reports on the step in flight of some plan."""
+    return _find(view, event) is not None
 
 
-def fail_plan(
-    entry: PlanEntry,
+def on_step_result(
+    view: ClusterView,
     memory: Memory,
-    *,
-    code: ErrorCode,
-    reason: str,
+    event: StepResult,
     now: float,
-    step: PlanStep | None = None,
+    *,
+    policy: Policy | None = None,
 ) -> Outcome:
-    """Mark the plan (and ``step``) failed and publish scale.failed with the reason."""
-    failed = step.command_id if step is not None else None
-    steps = [
-        msgspec.structs.replace(s, status="failed", reason=reason) if s.command_id == failed else s
-        for s in entry.plan.steps
-    ]
-    why = f"{entry.plan.reason}; failed: {reason}" if entry.plan.reason else reason
-    plan = msgspec.structs.replace(
-        entry.plan, steps=steps, status="failed", reason=why, updated=now
-    )
-    event = ScaleFailed(
-        model_id=plan.model_id,
-        plan_id=plan.plan_id,
-        code=code,
-        reason=reason,
-        trace_id=plan.trace_id,
-    )
-    return Outcome(
-        memory.forget_commands({s.command_id for s in plan.steps}),
-        effects=(PutPlan(plan, entry.revision), PublishEvent(event)),
-        notes=(f"plan {plan.plan_id} for {plan.model_id} failed: {code.value}: {reason}",),
-    )
-
-
-def on_step_result(view: ClusterView, memory: Memory, event: StepResult, now: float) -> Outcome:
-    """Advance the plan whose step ``event`` reports on (if any plan in flight has one)."""
-    if isinstance(event, CommandDone | CommandFailed):
-        found = _find(view, "command_id", event.command_id)
-    else:
-        found = _find(view, "instance_id", event.instance_id)
+    """Advance the plan whose step in flight ``event`` reports on (if any)."""
+    policy = policy or Policy()
+    found = _find(view, event)
     if found is None:
         return Outcome(memory)
-    entry, step = found
-    if isinstance(event, CommandDone | InstanceReady):
-        return _step_done(entry, step, memory, now)
-    where = f"{step.op} {step.profile} at {step.start} on {step.node}/gpu{step.gpu_index}"
-    return fail_plan(
+    entry, index = found
+    step = entry.plan.steps[index]
+    if isinstance(event, CommandDone | InstanceReady | InstanceStopped):
+        return step_done(view, entry, memory, index, now=now, policy=policy)
+    if isinstance(event, InstanceFailed) and step.op == "retire":
+        return step_done(view, entry, memory, index, now=now, policy=policy)  # gone, slice freed
+    return step_failed(
+        view,
         entry,
         memory,
+        index,
         code=event.code,
-        reason=f"{where}: {event.reason or event.code.value}",
+        reason=event.reason or event.code.value,
         now=now,
-        step=step,
+        policy=policy,
     )
+
+
+def _plan_limit(entry: PlanEntry, policy: Policy) -> float:
+    creates = sum(1 for s in entry.plan.steps if s.op == "create" and not s.rollback)
+    return policy.plan_timeout_s * max(creates, 1)
 
 
 def _tick_plan(
     view: ClusterView, entry: PlanEntry, memory: Memory, now: float, policy: Policy
 ) -> Outcome:
     plan = entry.plan
-    if now - plan.created > policy.plan_timeout_s:
+    limit = _plan_limit(entry, policy)
+    if not undoing(plan) and now - plan.created > limit:
         pending = [s for s in plan.steps if s.status != "done"]
         detail = ", ".join(f"{s.op} {s.instance_id} on {s.node}" for s in pending)
         return fail_plan(
+            view,
             entry,
             memory,
             code=ErrorCode.TIMEOUT,
-            reason=f"plan still in flight after {policy.plan_timeout_s:g} s ({detail})",
+            reason=f"plan still in flight after {limit:g} s ({detail})",
             now=now,
+            policy=policy,
         )
-    for step in plan.steps:
-        if step.status != "sent":
-            continue
-        record = view.instances.get(step.instance_id)
+    index = step_in_flight(plan)
+    if index is None:  # the next step was never sent (a restart between write and send)
+        progress = advance(view, Progress(plan, memory), now, policy)
+        if progress.plan == plan:
+            return Outcome(memory)
+        return progress.outcome(entry.revision)
+    step = plan.steps[index]
+    record = view.instances.get(step.instance_id)
+    if step.op == "create":
         if record is not None and record.state == "ready":
-            return _step_done(entry, step, memory, now)
+            return step_done(view, entry, memory, index, now=now, policy=policy)
         if record is not None and record.state == "failed":
             reason = record.reason or "instance failed"
-            return fail_plan(
-                entry, memory, code=ErrorCode.ENGINE_FAILED, reason=reason, now=now, step=step
-            )
-    return _resend(view, plan, memory, now, policy)
-
-
-def _resend(view: ClusterView, plan: Plan, memory: Memory, now: float, policy: Policy) -> Outcome:
-    """Publish again commands whose result has not come (the stream drops duplicates)."""
-    spec = view.models.get(plan.model_id)
-    out = Outcome(memory)
-    for step in plan.steps:
-        if step.status != "sent" or step.op != "create" or spec is None:
-            continue
-        last = out.memory.sent.get(step.command_id, plan.updated)
-        if now - last < policy.resend_after_s:
-            continue
-        command = create_command(spec, plan, step, now)
-        out = out.then(
-            Outcome(
-                out.memory.with_sent(step.command_id, now),
-                effects=(SendCommand(step.node, command),),
-                notes=(f"command {step.command_id} sent again",),
-            )
-        )
-    return out
+            return step_failed(
+                view, entry, memory, index, code=ErrorCode.ENGINE_FAILED, reason=reason, now=now,
+                policy=policy,
+            )  # fmt: skip
+    elif (record is None and not step.rollback) or (
+        record is not None and record.state in ("stopped", "failed")
+    ):
+        return step_done(view, entry, memory, index, now=now, policy=policy)
+    if now - step.sent_at > policy.step_timeout_s:
+        return step_timed_out(view, entry, memory, index, now=now, policy=policy)
+    last = memory.sent.get(step.command_id)
+    if last is not None and now - last < policy.resend_after_s:
+        return Outcome(memory)
+    command = step_command(view, plan, step, now, policy)
+    if command is None:
+        return Outcome(memory)
+    why = "not known to have been sent" if last is None else "no result yet"
+    return Outcome(
+        memory.with_sent(step.command_id, now),
+        effects=(SendCommand(step.node, command),),
+        notes=(f"command {step.command_id} sent again ({why})",),
+    )
 
 
 def on_tick(view: ClusterView, memory: Memory, now: float, *, policy: Policy) -> Outcome:

@@ -15,6 +15,11 @@ candidates and ranks them:
 
 Slices count as used when the node reports them, when an instance record
 names them, or when a plan in flight reserved them.
+
+Answers per GPU layout are remembered (``core/layouts.py``): a thousand GPUs
+show a few hundred layouts, and the next decision sees nearly the same ones.
+The choice is the one evaluating every rule afresh would make
+(bench/scaler_decision.py compares the two on random clusters).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from dataclasses import dataclass
 from migserve_shared import mig
 from migserve_shared.errors import NotSupportedError
 from migserve_shared.messages import GpuState, ModelSpec, NodeState
+
+from migserve_scaler.core.layouts import Layout, best_start, profile_ids
 
 _REASON_LIMIT = 2000
 
@@ -103,8 +110,37 @@ def used_slices(
     return slices
 
 
-def _placement_options(model: mig.GpuModel, slices: Sequence[mig.Slice]) -> int:
-    return sum(len(mig.free_starts(model, slices, p)) for p in model.by_size())
+def gpu_layout(
+    model: mig.GpuModel, gpu: GpuState, reserved: Iterable[Reservation]
+) -> tuple[Layout, int]:
+    """``used_slices`` as a layout key, and how many slices ``used_slices`` lists."""
+    items = [(s.profile_id, s.start) for s in gpu.slices]
+    taken: set[int] | None = None
+    for r in reserved:
+        if taken is None:
+            taken = {start for _, start in items}
+        if r.start in taken:
+            continue
+        pid = profile_ids(model.name).get(r.profile)
+        if pid is None:
+            continue
+        items.append((pid, r.start))
+        taken.add(r.start)
+    return frozenset(items), len(items)
+
+
+@dataclass(frozen=True, slots=True)
+class _Best:
+    key: tuple[object, ...]
+    node: str
+    gpu_index: int
+    model: mig.GpuModel
+    profile: mig.Profile
+    found: tuple[int, int, int, int, int]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.profile.memory_mb, self.profile.compute_slices
 
 
 def _gpu_model(gpu: GpuState) -> mig.GpuModel | str:
@@ -127,51 +163,61 @@ def choose_placement(
     there beyond what the node reports. Raises ``BadProfileBoundError`` when
     the spec's bounds name an unknown profile.
     """
-    best: tuple[tuple[object, ...], Placement] | None = None
-    reasons: list[str] = []
+    best: _Best | None = None
+    failed: list[str | _Full] = []
+    candidates: dict[str, list[mig.Profile]] = {}
     for node in sorted(nodes, key=lambda n: n.node):
         for gpu in sorted(node.gpus, key=lambda g: g.index):
-            where = f"{node.node}/gpu{gpu.index}"
             model = _gpu_model(gpu)
             if isinstance(model, str):
-                reasons.append(f"{where}: {model}")
+                failed.append(f"{node.node}/gpu{gpu.index}: {model}")
                 continue
-            slices = used_slices(model, gpu, reserved.get((node.node, gpu.index), ()))
-            profiles = candidate_profiles(model, spec)
+            profiles = candidates.get(model.name)
+            if profiles is None:
+                profiles = candidates[model.name] = candidate_profiles(model, spec)
             if not profiles:
-                reasons.append(
-                    f"{where} ({model.name}): no profile within the model's bounds "
-                    f"holds {spec.memory_mb} MB"
+                failed.append(
+                    f"{node.node}/gpu{gpu.index} ({model.name}): no profile within the model's "
+                    f"bounds holds {spec.memory_mb} MB"
                 )
                 continue
-            found = False
+            here = reserved.get((node.node, gpu.index), ())
+            layout, count = gpu_layout(model, gpu, here)
+            # candidates are smallest first, and size ranks first: the first that fits wins here
             for p in profiles:
-                for start in mig.free_starts(model, slices, p):
-                    after = [*slices, mig.Slice(p.id, start)]
-                    score = mig.capacity_score(model, after)
-                    key = (
-                        p.memory_mb,
-                        p.compute_slices,
-                        tuple(-v for v in score),
-                        -_placement_options(model, after),
-                        len(slices),
-                        node.node,
-                        gpu.index,
-                        start,
-                    )
-                    if best is None or key < best[0]:
-                        best = (
-                            key,
-                            Placement(
-                                node.node, gpu.index, model.name, p.name, p.memory_mb, start, score
-                            ),
-                        )
-                    found = True
-            if not found:
-                reasons.append(_why_not(where, model, slices, profiles))
+                if best is not None and (p.memory_mb, p.compute_slices) > best.size:
+                    break  # a larger profile than the best so far cannot win: skip its ranking
+                found = best_start(model.name, layout, p.id)
+                if found is not None:
+                    key = (p.memory_mb, p.compute_slices, *found[:4], count, node.node, gpu.index)
+                    if best is None or (*key, found[4]) < best.key:
+                        best = _Best((*key, found[4]), node.node, gpu.index, model, p, found)
+                    break
+            else:
+                if best is not None:
+                    continue
+                failed.append(_Full(f"{node.node}/gpu{gpu.index}", model, gpu, here, profiles))
     if best is not None:
-        return best[1]
-    return NoCapacity(_no_capacity_reason(spec, reasons))
+        p, (a, b, c, _, start) = best.profile, best.found
+        return Placement(
+            best.node, best.gpu_index, best.model.name, p.name, p.memory_mb, start, (-a, -b, -c)
+        )
+    return NoCapacity(_no_capacity_reason(spec, failed))
+
+
+@dataclass(frozen=True, slots=True)
+class _Full:
+    """A GPU on which no candidate profile fits; the reason is written only when shown."""
+
+    where: str
+    model: mig.GpuModel
+    gpu: GpuState
+    reserved: Sequence[Reservation]
+    profiles: Sequence[mig.Profile]
+
+    def reason(self) -> str:
+        slices = used_slices(self.model, self.gpu, self.reserved)
+        return _why_not(self.where, self.model, slices, self.profiles)
 
 
 def _why_not(
@@ -194,11 +240,18 @@ def _why_not(
     )
 
 
-def _no_capacity_reason(spec: ModelSpec, reasons: Sequence[str]) -> str:
+def _no_capacity_reason(spec: ModelSpec, failed: Sequence[str | _Full]) -> str:
     bounds = ""
     if spec.min_profile or spec.max_profile:
         bounds = f" between {spec.min_profile or 'any'} and {spec.max_profile or 'any'}"
     head = f"no GPU can place a slice of at least {spec.memory_mb} MB{bounds}"
-    body = "; ".join(reasons) if reasons else "no node has reported any GPU"
-    text = f"{head}: {body}"
+    if not failed:
+        return f"{head}: no node has reported any GPU"
+    text = f"{head}: "
+    for i, item in enumerate(failed):
+        # a thousand full GPUs need only as many reasons as fit in the limit
+        if len(text) > _REASON_LIMIT:
+            break
+        reason = item if isinstance(item, str) else item.reason()
+        text += ("; " if i else "") + reason
     return text if len(text) <= _REASON_LIMIT else text[: _REASON_LIMIT - 3] + "..."
