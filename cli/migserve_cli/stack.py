@@ -4,12 +4,17 @@
 time) in ``<home>/stack.json``; ``down`` retires every instance through the
 agents (the real path: bridges drain, engines stop, slices are destroyed),
 stops the services and nats-server by PID, and checks nothing is left.
+
+With ``nats_auth`` (the CLI's default) nats-server admits only migserve's
+users: each process connects as its role's user with its own random password
+file, the CLI as ``admin`` (``nats_settings(stack)``); docs/security.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import sys
 import time
@@ -31,9 +36,10 @@ from migserve_shared.messages import (
     decode_node_state,
     now,
 )
+from migserve_shared.permissions import Role, stack_users, user_name
 
 from migserve_cli.llama_build import ensure_llama_server
-from migserve_cli.nats_server import start_nats_server
+from migserve_cli.nats_server import NatsAuth, prepare_auth, start_nats_server
 from migserve_cli.procs import ProcessRef, spawn
 from migserve_cli.prometheus import choose_source, start_prometheus, wait_ready
 
@@ -63,6 +69,9 @@ class StackFile(msgspec.Struct, kw_only=True):
     started: float = 0.0
     metrics_source: str = "direct"
     prometheus_url: str = ""
+    #: the CLI's NATS user (admin) and its password file; "" when NATS auth is off
+    nats_user: str = ""
+    nats_password_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -74,10 +83,18 @@ class StackOptions:
     gpus_per_node: int = 1
     gpu_model: str = "A100-SXM4-40GB"
     gateway_port: int = 8080
+    #: gateway processes sharing the port (SO_REUSEPORT): one can restart while the others serve
+    gateways: int = 1
     sim_engine_startup_s: float = 0.5
     ready_timeout_s: float = 60.0
     extra_env: dict[str, str] = field(default_factory=dict)
     metrics_source: str = "auto"
+    #: one NATS user per service role, least-privilege permissions (docs/security.md).
+    #: `migserve up` turns it on unless --no-nats-auth; off here by default for code that
+    #: connects with the bare URL (connect with ``nats_settings(stack)`` to work either way)
+    nats_auth: bool = False
+    #: scaler replicas: one leads through the KV lease, the others wait to take over
+    scalers: int = 1
 
 
 def default_home() -> Path:
@@ -103,6 +120,28 @@ def _write_stack(stack: StackFile) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(msgspec.json.format(msgspec.json.encode(stack)))
     tmp.replace(path)
+
+
+def nats_settings(stack: StackFile, name: str = "migserve-cli") -> NatsSettings:
+    """How the CLI (and tests) reach the stack's NATS: as its admin user when auth is on."""
+    if not stack.nats_user:
+        return NatsSettings(url=stack.nats_url, name=name)
+    return NatsSettings(
+        url=stack.nats_url,
+        user=stack.nats_user,
+        password_file=stack.nats_password_file,
+        name=name,
+    )
+
+
+def _nats_env(auth: NatsAuth | None, role: Role, node: str | None = None) -> dict[str, str]:
+    """A service's NATS credentials (its role's user), plus its bridges' for an agent."""
+    if auth is None:
+        return {}
+    env = auth.env(user_name(role, node))
+    if role is Role.AGENT:
+        env |= auth.env(user_name(Role.BRIDGE), prefix="MIGSERVE_BRIDGE_NATS")
+    return env
 
 
 def _free_port() -> int:
@@ -134,7 +173,16 @@ def up(opts: StackOptions, say: Say) -> StackFile:
     stack = StackFile(home=str(home), started=now(), engine=opts.engine or "per model file")
     logs.mkdir(parents=True, exist_ok=True)
     say(f"starting nats-server (JetStream, data in {home / 'nats'})")
-    nats = start_nats_server(home / "nats", log_file=logs / "nats-server.log", detach=True)
+    auth: NatsAuth | None = None
+    if opts.nats_auth:
+        auth = prepare_auth(
+            home / "nats", stack_users([f"node-{i}" for i in range(1, opts.nodes + 1)])
+        )
+        stack.nats_user = user_name(Role.ADMIN)
+        stack.nats_password_file = str(auth.password_file(stack.nats_user))
+    nats = start_nats_server(
+        home / "nats", log_file=logs / "nats-server.log", detach=True, auth=auth
+    )
     stack.nats_url, stack.nats_monitor_url = nats.url, nats.monitor_url
     stack.processes.append(
         _entry(
@@ -144,7 +192,7 @@ def up(opts: StackOptions, say: Say) -> StackFile:
         )
     )
     _write_stack(stack)
-    asyncio.run(_prepare_jetstream(nats.url))
+    asyncio.run(_prepare_jetstream(nats_settings(stack)))
 
     watcher_env: dict[str, str] = {}
     stack.metrics_source = choose_source(opts.metrics_source)
@@ -165,17 +213,33 @@ def up(opts: StackOptions, say: Say) -> StackFile:
     py = sys.executable
     services: list[tuple[str, list[str], dict[str, str]]] = [
         (
-            "gateway",
+            "gateway" if i == 1 else f"gateway-{i}",
             [py, "-m", "migserve_gateway"],
             {
                 "MIGSERVE_GATEWAY_HOST": "127.0.0.1",
                 "MIGSERVE_GATEWAY_PORT": str(port),
-                "MIGSERVE_GATEWAY_ID": "gateway-1",
+                "MIGSERVE_GATEWAY_ID": f"gateway-{i}",
+                "MIGSERVE_GATEWAY_REUSE_PORT": "true" if opts.gateways > 1 else "false",
                 "MIGSERVE_AUTH_DISABLED": "true",
+                **_nats_env(auth, Role.GATEWAY),
             },
+        )
+        for i in range(1, opts.gateways + 1)
+    ]
+    services += [
+        *(
+            (
+                "scaler" if i == 1 else f"scaler-{i}",
+                [py, "-m", "migserve_scaler"],
+                {"MIGSERVE_SCALER_ID": f"scaler-{i}", **_nats_env(auth, Role.SCALER)},
+            )
+            for i in range(1, opts.scalers + 1)
         ),
-        ("scaler", [py, "-m", "migserve_scaler"], {"MIGSERVE_SCALER_ID": "scaler-1"}),
-        ("metrics-watcher", [py, "-m", "migserve_watcher"], watcher_env),
+        (
+            "metrics-watcher",
+            [py, "-m", "migserve_watcher"],
+            {**watcher_env, **_nats_env(auth, Role.WATCHER)},
+        ),
     ]
     gpus = ",".join([opts.gpu_model] * opts.gpus_per_node)
     for i in range(1, opts.nodes + 1):
@@ -193,6 +257,7 @@ def up(opts: StackOptions, say: Say) -> StackFile:
                     "MIGSERVE_STATE_DIR": str(home / "nodes" / node),
                     "MIGSERVE_SIM_ENGINE_STARTUP_S": str(opts.sim_engine_startup_s),
                     **agent_env,
+                    **_nats_env(auth, Role.AGENT, node),
                 },
             )
         )
@@ -218,8 +283,8 @@ def _entry(ref: ProcessRef) -> ProcessEntry:
     return ProcessEntry(ref.name, ref.pid, ref.start_ticks, ref.log)
 
 
-async def _prepare_jetstream(url: str) -> None:
-    nc = await connect(NatsSettings(url=url, name="migserve-cli"))
+async def _prepare_jetstream(settings: NatsSettings) -> None:
+    nc = await connect(settings)
     try:
         await ensure_jetstream(nc.jetstream())
     finally:
@@ -242,16 +307,23 @@ def _wait_ready(stack: StackFile, opts: StackOptions, say: Say) -> None:
             if time.monotonic() > deadline:
                 raise ConfigError(f"gateway did not answer at {stack.gateway_url} in time")
             time.sleep(0.1)
-    while set(asyncio.run(_reported_nodes(stack.nats_url))) < set(stack.nodes):
+    while set(asyncio.run(_reported_nodes(nats_settings(stack)))) < set(stack.nodes):
         if time.monotonic() > deadline:
             raise ConfigError(f"nodes {stack.nodes} did not all report their inventory in time")
         time.sleep(0.2)
     say(f"gateway ready at {stack.gateway_url}; nodes {', '.join(stack.nodes)} reported")
     say("auth is OFF (local development): the gateway trusts every caller")
+    if stack.nats_user:
+        say(
+            "NATS auth is ON: one user per service (docs/security.md); "
+            f"admin password in {stack.nats_password_file}"
+        )
+    else:
+        say("NATS auth is OFF: every local process may publish anything")
 
 
-async def _reported_nodes(url: str) -> list[str]:
-    nc = await connect(NatsSettings(url=url, name="migserve-cli"))
+async def _reported_nodes(settings: NatsSettings) -> list[str]:
+    nc = await connect(settings)
     try:
         buckets = await open_buckets(nc.jetstream())
         return [decode_node_state(v).node for _, v, _ in await kv_values(buckets.nodes)]
@@ -292,10 +364,12 @@ def down(home: Path, say: Say, *, retire_timeout_s: float = 60.0) -> DownReport:
     instances: list[InstanceRecord] = []
     if nats_ref is not None and nats_ref.alive():
         instances, report.retired, report.leftover_slices = asyncio.run(
-            _retire_all(stack.nats_url, retire_timeout_s, say)
+            _retire_all(nats_settings(stack), retire_timeout_s, say)
         )
     order = (
-        ["gateway", "metrics-watcher", "scaler"]
+        [n for n in by_name if n == "gateway" or n.startswith("gateway-")]
+        + ["metrics-watcher"]
+        + [n for n in by_name if n == "scaler" or n.startswith("scaler-")]
         + [n for n in by_name if n.startswith("mig-agent")]
         + ["prometheus"]
     )
@@ -319,6 +393,8 @@ def down(home: Path, say: Say, *, retire_timeout_s: float = 60.0) -> DownReport:
     report.leftover_processes = [p.name for p in stack.processes if p.ref().alive()]
     if not report.leftover_processes:
         stack_path(home).unlink(missing_ok=True)
+        if stack.nats_password_file:  # this stack's NATS passwords die with it
+            shutil.rmtree(Path(stack.nats_password_file).parent, ignore_errors=True)
     say(
         f"stopped {len(report.stopped)} processes, retired {report.retired} instances; "
         f"slices left: {report.leftover_slices}; processes left: {len(report.leftover_processes)}"
@@ -327,9 +403,9 @@ def down(home: Path, say: Say, *, retire_timeout_s: float = 60.0) -> DownReport:
 
 
 async def _retire_all(
-    url: str, timeout_s: float, say: Say
+    settings: NatsSettings, timeout_s: float, say: Say
 ) -> tuple[list[InstanceRecord], int, int]:
-    nc = await connect(NatsSettings(url=url, name="migserve-cli"))
+    nc = await connect(settings)
     try:
         js = nc.jetstream()
         buckets = await open_buckets(js)

@@ -28,7 +28,7 @@ from migserve_agent.gpu.simulated import SimulatedGpuBackend
 from migserve_agent.instances import InstanceManager
 from migserve_agent.inventory import Inventory
 from migserve_agent.ledger import CommandLedger
-from migserve_agent.metrics import AgentMetrics
+from migserve_agent.metrics import AgentMetrics, slice_info_rows
 from migserve_agent.reconcile import reconcile
 from migserve_agent.runtime.base import Runtime
 from migserve_agent.runtime.pod_settings import bridge_environment
@@ -178,6 +178,9 @@ class Agent:
             events=events,
             metrics=self.metrics,
             ready_timeout_s=s.ready_timeout_s,
+        )
+        self.metrics.show_slices(
+            lambda: slice_info_rows(self.inventory.last, self.instances.records())
         )
         fixes = await reconcile(
             node=s.node,

@@ -1,8 +1,62 @@
-"""The agent's Prometheus metrics, in a registry of its own (no global state)."""
+"""The agent's Prometheus metrics, in a registry of its own (no global state).
+
+``migserve_agent_slice_info{node,gpu,gpu_uuid,profile,start,instance_id,model}``
+is 1 for every MIG slice on the node's GPUs (instance_id and model empty for a
+slice no instance uses): the Grafana dashboard's slice layout per GPU. It is
+built at scrape time from the agent's last published inventory and its
+instances, so a destroyed slice's series disappears with it.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+from migserve_shared.messages import InstanceRecord, NodeState
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+SLICE_INFO = "migserve_agent_slice_info"
+SLICE_INFO_LABELS = ("node", "gpu", "gpu_uuid", "profile", "start", "instance_id", "model")
+
+SliceRow = tuple[str, str, str, str, str, str, str]
+
+
+def slice_info_rows(state: NodeState | None, records: Iterable[InstanceRecord]) -> list[SliceRow]:
+    """One label row (in ``SLICE_INFO_LABELS`` order) per slice of ``state``."""
+    if state is None:
+        return []
+    models = {r.instance_id: r.model_id for r in records}
+    return [
+        (
+            state.node,
+            str(gpu.index),
+            gpu.uuid,
+            s.profile,
+            str(s.start),
+            s.instance_id or "",
+            models.get(s.instance_id or "", ""),
+        )
+        for gpu in state.gpus
+        for s in gpu.slices
+    ]
+
+
+class _SliceInfo(Collector):
+    """Collects ``migserve_agent_slice_info`` from a row source read at scrape time."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], Sequence[SliceRow]] = list
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            SLICE_INFO,
+            "1 per MIG slice on this node's GPUs, labelled with its place and its instance",
+            labels=SLICE_INFO_LABELS,
+        )
+        for row in self.source():
+            family.add_metric(row, 1.0)
+        yield family
 
 
 class AgentMetrics:
@@ -48,6 +102,12 @@ class AgentMetrics:
             "Instances this agent runs",
             registry=self.registry,
         )
+        self._slice_info = _SliceInfo()
+        self.registry.register(self._slice_info)
+
+    def show_slices(self, source: Callable[[], Sequence[SliceRow]]) -> None:
+        """Export ``migserve_agent_slice_info`` from ``source`` (rows, read at each scrape)."""
+        self._slice_info.source = source
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
         """Current value of a sample (0 when absent), for tests and status."""
