@@ -52,10 +52,7 @@ SERVICES = {
 # the code has it, so that the entry is removed here and in docs/deploy.md.
 PLANNED_VARIABLES: dict[str, str] = {}
 PLANNED_VALUES: dict[tuple[str, str, str], str] = {}
-PLANNED_METRICS = {
-    "migserve_model_tpot_slo_seconds": "each model's TPOT SLO as a gauge (issue 5)",
-    "migserve_agent_slice_info": "one series per MIG slice from the agent (issue 3)",
-}
+PLANNED_METRICS: dict[str, str] = {}
 
 #: what the downward API gives a container, in the resolved environment
 FIELD_SAMPLES = {

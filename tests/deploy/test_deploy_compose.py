@@ -59,6 +59,7 @@ def test_the_stack_is_complete(compose: dict[str, Any]) -> None:
         "prometheus",
         "gateway",
         "scaler",
+        "scaler-2",
         "metrics-watcher",
         "mig-agent",
         "llamacpp",
@@ -67,9 +68,28 @@ def test_the_stack_is_complete(compose: dict[str, Any]) -> None:
     assert "-js" in services["nats"]["command"]
     agent = services["mig-agent"]["environment"]
     assert agent["MIGSERVE_GPU_BACKEND"] == "simulated"
-    for name in ("gateway", "scaler", "metrics-watcher", "mig-agent", "llamacpp-bridge"):
+    for name in (
+        "gateway",
+        "scaler",
+        "scaler-2",
+        "metrics-watcher",
+        "mig-agent",
+        "llamacpp-bridge",
+    ):
         assert services[name]["environment"]["MIGSERVE_NATS_URL"] == "nats://nats:4222", name
         assert services[name]["depends_on"]["nats"]["condition"] == "service_healthy", name
+
+
+def test_two_scalers_with_their_own_ids(compose: dict[str, Any]) -> None:
+    """Leader election tells replicas apart by MIGSERVE_SCALER_ID: each needs its own."""
+    scalers = [
+        settings_builder("scaler")(svc["environment"])
+        for svc in compose["services"].values()
+        if svc["image"] == compose["services"]["scaler"]["image"]
+    ]
+    assert len(scalers) == 2
+    assert len({s.scaler_id for s in scalers}) == 2, [s.scaler_id for s in scalers]
+    assert len({s.lease_ttl_s for s in scalers}) == 1
 
 
 def test_published_ports_stay_on_loopback(compose: dict[str, Any]) -> None:
@@ -112,7 +132,9 @@ def _listen_port(name: str, svc: dict[str, Any]) -> int:
     env = svc.get("environment") or {}
     if name == "gateway":
         return int(settings_builder("gateway")(env).port)
-    if name in ("scaler", "metrics-watcher", "mig-agent"):
+    if name in ("scaler", "scaler-2"):
+        return int(settings_builder("scaler")(env).metrics_port)
+    if name in ("metrics-watcher", "mig-agent"):
         return int(settings_builder(name)(env).metrics_port)
     if name == "llamacpp-bridge":
         return int(_bridge_settings(svc).metrics_port)
@@ -135,6 +157,7 @@ def test_prometheus_scrapes_what_each_service_serves(compose: dict[str, Any]) ->
         for name in (
             "gateway",
             "scaler",
+            "scaler-2",
             "metrics-watcher",
             "mig-agent",
             "llamacpp",

@@ -7,7 +7,8 @@
 * every container port is the port the service's settings make it listen on;
 * every image comes from deploy/images.env, and every pin there is used;
 * the Dockerfiles install the package, extras and entry point that exist;
-* every metric the Grafana dashboard draws is one a service exports.
+* every metric the Grafana dashboard draws is one a service exports, and the
+  labels it groups and selects the labelled gauges by are the ones they have.
 
 What the deployment uses before the code has it is listed in deploy_support
 (PLANNED_*); those tests fail as soon as the code catches up, so the lists
@@ -44,7 +45,10 @@ from deploy_support import (
     settings_builder,
     workloads,
 )
+from migserve_agent.metrics import AgentMetrics
 from migserve_shared.errors import ConfigError
+from migserve_shared.messages import ModelSpec
+from migserve_watcher.metrics import WatcherMetrics
 
 Docs = list[dict[str, Any]]
 DOCKERFILES = {service: ROOT / folder / "Dockerfile" for service, (_, folder) in SERVICES.items()}
@@ -292,6 +296,64 @@ def test_dashboard_draws_exported_metrics() -> None:
     assert {"migserve_bridge_inter_token_seconds", "migserve_gateway_ttft_seconds"} <= (
         _dashboard_metrics()
     )
+
+
+#: labels Prometheus adds to every series at scrape time (deploy/prometheus/*.yml)
+_TARGET_LABELS = {"instance", "job", "component", "namespace", "pod", "kubernetes_node"}
+_GROUPED = re.compile(r"\bby \(([^)]*)\) \((migserve_[a-z0-9_]+)")
+_SELECTED = re.compile(r"\b(migserve_[a-z0-9_]+)\{([^}]*)\}")
+
+
+def _exported_labels() -> dict[str, set[str]]:
+    """The label names the code puts on its labelled gauges, read from a scrape of each
+    service's own registry after one sample is set."""
+    agent = AgentMetrics()
+    agent.show_slices(lambda: [("n", "0", "GPU-x", "1g.5gb", "0", "i", "m")])
+    watcher = WatcherMetrics()
+    watcher.show_models({"org/m": ModelSpec(model_id="org/m", memory_mb=1, tpot_slo_ms=50)})
+    labels: dict[str, set[str]] = {}
+    for registry in (agent.registry, watcher.registry):
+        for family in registry.collect():
+            for sample in family.samples:
+                if sample.labels:
+                    labels.setdefault(sample.name, set()).update(sample.labels)
+    return labels
+
+
+def _labels_used(exprs: list[str]) -> dict[str, set[str]]:
+    """metric -> the labels an expression groups it by (``by (...) (metric``) or selects on."""
+    used: dict[str, set[str]] = {}
+    for expr in exprs:
+        for group, metric in _GROUPED.findall(expr):
+            used.setdefault(metric, set()).update(x.strip() for x in group.split(",") if x.strip())
+        for metric, selector in _SELECTED.findall(expr):
+            used.setdefault(metric, set()).update(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", selector))
+    return used
+
+
+def _unknown_labels(exprs: list[str], exported: dict[str, set[str]]) -> list[str]:
+    return sorted(
+        f"{metric}: {sorted(labels - exported[metric] - _TARGET_LABELS)}"
+        for metric, labels in _labels_used(exprs).items()
+        if metric in exported and labels - exported[metric] - _TARGET_LABELS
+    )
+
+
+def _dashboard_exprs() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+
+
+def test_dashboard_uses_the_labels_the_metrics_have() -> None:
+    exported = _exported_labels()
+    assert {"migserve_agent_slice_info", "migserve_model_tpot_slo_seconds"} <= set(exported)
+    checked = set(_labels_used(_dashboard_exprs())) & set(exported)
+    assert checked == {"migserve_agent_slice_info", "migserve_model_tpot_slo_seconds"}
+    unknown = _unknown_labels(_dashboard_exprs(), exported)
+    assert not unknown, f"the dashboard uses labels these metrics do not have: {unknown}"
+    # the check can fail: a label the slice metric does not have is caught
+    assert _unknown_labels(["max by (node, size) (migserve_agent_slice_info)"], exported)
+    assert _unknown_labels(['migserve_model_tpot_slo_seconds{gpu="0"}'], exported)
 
 
 def test_planned_metrics_are_still_planned() -> None:

@@ -89,6 +89,8 @@ def test_the_install_is_complete(rendered: dict[str, Docs], variant: str) -> Non
         ("PodDisruptionBudget", "gateway"),
         ("HorizontalPodAutoscaler", "gateway"),
         ("Deployment", "scaler"),
+        ("PodDisruptionBudget", "scaler"),
+        ("ConfigMap", "scaler-config"),
         ("Deployment", "metrics-watcher"),
         ("DaemonSet", "mig-agent"),
         ("ConfigMap", "migserve-common"),

@@ -2,7 +2,8 @@
 instances, get one ``SloEvidence`` per model from the metrics source (direct
 scrapes or Prometheus), publish it as a ``metrics.snapshot`` event, fold it
 into the model's SLO state (``core.slo``) and publish the ``slo.violation`` /
-``slo.recovered`` / ``slo.underload`` events that decides.
+``slo.recovered`` / ``slo.underload`` events that decides. Each registered
+model's TPOT SLO is exported as ``migserve_model_tpot_slo_seconds{model}``.
 
 A restart loses the SLO streaks (and, for the direct source, the counter
 history of the last window): they start again from the next rounds.
@@ -94,7 +95,8 @@ class Watcher:
     async def poll_once(
         self, buckets: Buckets, publisher: EventPublisher, *, js: JetStreamContext | None = None
     ) -> None:
-        """One round: read the registry and instances, collect evidence, publish events.
+        """One round: read the registry (and export each model's TPOT SLO) and the
+        instances, collect evidence, publish events.
 
         With ``js``, each model's ``waiting`` adds the jobs JetStream has not yet
         delivered to any of its bridges (its shared consumer's ``num_pending``).
@@ -103,6 +105,7 @@ class Watcher:
             s.model_id: s
             for s in await self._read(buckets.models, subjects.KV_MODELS, decode_model_spec)
         }
+        self._metrics.show_models(specs)
         records = [
             r
             for r in await self._read(buckets.instances, subjects.KV_INSTANCES, decode_instance)
