@@ -6,17 +6,21 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 from pathlib import Path
 
 import msgspec
 from migserve_agent.gpu import inspect as gpu_inspect
+from migserve_shared.env import Env, NatsSettings, nats_settings
 from migserve_shared.errors import ConfigError, MigserveError
 from migserve_shared.messages import EVENT_KINDS
 
+from migserve_cli import loadgen
 from migserve_cli import stack as local_stack
 from migserve_cli.model_file import DEFAULT_MODEL_FILE, load_models
+from migserve_cli.sim.cli import add_parser as add_sim_parser
 from migserve_cli.status import as_json, read_cluster, render
 from migserve_cli.trace import follow
 
@@ -41,9 +45,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         gpus_per_node=args.gpus_per_node,
         gpu_model=args.gpu_model,
         gateway_port=args.gateway_port,
+        gateways=args.gateways,
         sim_engine_startup_s=args.sim_startup,
         ready_timeout_s=args.ready_timeout,
         metrics_source=args.metrics_source,
+        scalers=args.scalers,
+        nats_auth=not args.no_nats_auth,
     )
     try:
         stack = local_stack.up(opts, _say)
@@ -72,7 +79,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        task = asyncio.create_task(follow(stack.nats_url, _say), name="trace")
+        task = asyncio.create_task(follow(local_stack.nats_settings(stack), _say), name="trace")
         await stop.wait()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -88,13 +95,15 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 1 if report.leftover_processes else 0
 
 
-def _stack_urls(args: argparse.Namespace) -> tuple[str, str]:
+def _stack_urls(args: argparse.Namespace) -> tuple[NatsSettings, str]:
+    """NATS (with the stack's admin credentials, or MIGSERVE_NATS_* with --nats-url)."""
     if args.nats_url:
-        return args.nats_url, args.gateway_url or ""
+        env = Env({**os.environ, "MIGSERVE_NATS_URL": args.nats_url})
+        return nats_settings(env, "migserve-cli"), args.gateway_url or ""
     stack = local_stack.read_stack(_home(args))
     if stack is None:
         raise ConfigError(f"no local stack in {_home(args)}; pass --nats-url or run `migserve up`")
-    return stack.nats_url, stack.gateway_url
+    return local_stack.nats_settings(stack), stack.gateway_url
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -129,6 +138,31 @@ def cmd_trace(args: argparse.Namespace) -> int:
             )
         )
     return 0
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    url = args.url
+    if not url:
+        stack = local_stack.read_stack(_home(args))
+        if stack is None:
+            raise ConfigError(f"no local stack in {_home(args)}; pass --url or run `migserve up`")
+        url = stack.gateway_url
+    _say(f"load: {args.concurrency} clients for {args.duration:g} s against {url} ({args.model})")
+    report = asyncio.run(
+        loadgen.run_load(
+            url,
+            args.model,
+            concurrency=args.concurrency,
+            duration_s=args.duration,
+            max_tokens=args.max_tokens,
+            stream=not args.no_stream,
+            api_key=args.api_key,
+            timeout_s=args.timeout,
+            retry_connect=args.retry,
+        )
+    )
+    _say(loadgen.format_report(report))
+    return 1 if report.failed else 0
 
 
 def cmd_gpu_inspect(args: argparse.Namespace) -> int:
@@ -167,12 +201,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--gateway-port", type=int, default=8080, help="0 picks a free port")
     up.add_argument(
+        "--gateways",
+        type=int,
+        default=1,
+        help="gateway processes sharing the port with SO_REUSEPORT (default 1); with 2 or more "
+        "one can restart while the others serve",
+    )
+    up.add_argument(
         "--sim-startup",
         type=float,
         default=0.5,
         help="seconds the sim engine pretends to load (default 0.5)",
     )
     up.add_argument("--ready-timeout", type=float, default=60.0)
+    up.add_argument(
+        "--scalers",
+        type=int,
+        default=1,
+        choices=range(1, 9),
+        metavar="N",
+        help="scaler replicas (default 1); one leads through the KV lease, the others take "
+        "over when it stops",
+    )
     up.add_argument(
         "--metrics-source",
         choices=("auto", "direct", "prometheus"),
@@ -181,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument(
         "--detach", action="store_true", help="return once the gateway answers; print the URLs"
+    )
+    up.add_argument(
+        "--no-nats-auth",
+        action="store_true",
+        help="run NATS without users and permissions (default: one NATS user per service, "
+        "random passwords in the stack home; docs/security.md)",
     )
     up.set_defaults(func=cmd_up)
 
@@ -197,6 +253,29 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--index", type=int, default=None, help="only this GPU (NVML index)")
     inspect.set_defaults(func=cmd_gpu_inspect)
 
+    load = sub.add_parser(
+        "load",
+        help="send chat completions at a fixed concurrency and print a summary table",
+        description=loadgen.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    load.add_argument("--model", required=True, help="model id to call")
+    load.add_argument("--url", help="gateway URL (default: the local stack's)")
+    load.add_argument("--concurrency", type=int, default=4, help="clients (default 4)")
+    load.add_argument("--duration", type=float, default=10.0, help="seconds (default 10)")
+    load.add_argument("--max-tokens", type=int, default=32)
+    load.add_argument("--no-stream", action="store_true", help="whole answers, not SSE")
+    load.add_argument("--api-key", default=None, help="bearer key (when auth is on)")
+    load.add_argument("--timeout", type=float, default=60.0, help="seconds without a byte")
+    load.add_argument(
+        "--retry",
+        action="store_true",
+        help="retry once when the connection fails before any byte (counted apart)",
+    )
+    load.set_defaults(func=cmd_load)
+
+    add_sim_parser(sub)
+
     down = sub.add_parser("down", help="stop everything `up` started; leave no process or slice")
     down.set_defaults(func=cmd_down)
 
@@ -205,7 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("trace", "print the event stream readably", cmd_trace),
     ):
         sp = sub.add_parser(name, help=helptext)
-        sp.add_argument("--nats-url", help="NATS URL (default: the local stack's)")
+        sp.add_argument(
+            "--nats-url",
+            help="NATS URL (default: the local stack's, as its admin user); credentials from "
+            "MIGSERVE_NATS_USER and MIGSERVE_NATS_PASSWORD_FILE",
+        )
         sp.add_argument("--gateway-url", help=argparse.SUPPRESS)
         sp.set_defaults(func=func)
         if name == "status":
