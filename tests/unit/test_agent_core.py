@@ -292,9 +292,29 @@ def test_sim_launch_argv_parses_with_the_sim_engine_cli() -> None:
 
 
 @pytest.mark.parametrize(
+    ("args", "faults"),
+    [
+        ({"fail_start": "true"}, (True, False)),
+        ({"never_healthy": "YES", "fail_start": "false"}, (False, True)),
+        ({"never-healthy": "0"}, (False, False)),
+    ],
+)
+def test_sim_fault_engine_args_become_flags(
+    args: dict[str, str], faults: tuple[bool, bool]
+) -> None:
+    profile = mig.gpu_model("A100-SXM4-40GB").profile("1g.5gb")
+    launch = SimEngineAdapter().launch(
+        spec=_spec(**args), profile=profile, host="127.0.0.1", port=0, slots=4
+    )
+    config = config_from_args(build_parser().parse_args(list(launch.argv[3:])))
+    assert (config.fail_start, config.never_healthy) == faults
+
+
+@pytest.mark.parametrize(
     "args",
     [{"port": "1"}, {"slots": "0"}, {"speed_factor": "fast"}, {"alpha_ms": "nan"},
-     {"startup_delay": "-1"}, {"--model": "x"}],
+     {"startup_delay": "-1"}, {"--model": "x"},
+     {"fail_start": "maybe"}],
 )  # fmt: skip
 def test_sim_refuses_bad_engine_args(args: dict[str, str]) -> None:
     with pytest.raises(EngineArgsError, match=r"org/m:1") as info:

@@ -266,6 +266,14 @@ async def test_loading_then_ready(make_app: Factory) -> None:
         assert (await client.post(CHAT, json=_chat(max_tokens=2))).status_code == 200
 
 
+@pytest.mark.parametrize("fault", ["never_healthy", "fail_start"])
+async def test_injected_start_faults_never_become_healthy(make_app: Factory, fault: str) -> None:
+    async with _client(make_app(startup_delay_s=0.0, **{fault: True})) as client:
+        health = await client.get("/health")
+        assert (health.status_code, health.json()) == (503, {"status": "loading"})
+        assert (await client.post(CHAT, json=_chat(max_tokens=2))).status_code == 503
+
+
 async def test_metrics_series_and_counters(client: httpx.AsyncClient) -> None:
     before = (await client.get("/metrics")).text
     for name in (

@@ -17,6 +17,20 @@ def test_arguments_become_settings() -> None:
     assert (config.speed_factor, config.startup_delay_s, config.seed) == (1.5, 0.5, 9)
 
 
+def test_fault_flags() -> None:
+    config = config_from_args(build_parser().parse_args([]))
+    assert (config.fail_start, config.never_healthy) == (False, False)
+    config = config_from_args(build_parser().parse_args(["--fail-start", "--never-healthy"]))
+    assert (config.fail_start, config.never_healthy) == (True, True)
+
+
+def test_fail_start_exits_1_when_loading_ends(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--port", "0", "--startup-delay", "0.1", "--fail-start", "--log-level", "error"])
+    assert info.value.code == 1
+    assert '"listening"' in capsys.readouterr().out
+
+
 def test_slice_overrides() -> None:
     args = build_parser().parse_args(["--profile", "1g.10gb", "--memory-slices", "1"])
     profile = config_from_args(args).profile

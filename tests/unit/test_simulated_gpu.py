@@ -23,8 +23,10 @@ from migserve_agent.gpu.simulated import (
 from migserve_shared import mig
 from migserve_shared.errors import (
     ConfigError,
+    ErrorCode,
     InsufficientResourcesError,
     InUseError,
+    MigError,
     NoPermissionError,
     NotFoundError,
     NotSupportedError,
@@ -273,6 +275,13 @@ def test_injected_create_failures(make: Make) -> None:
     assert backend.faults.fail_create == 0
     backend.inject(SimFaults(fail_create=1, fail_create_code="no_permission"))
     with pytest.raises(NoPermissionError):
+        backend.create_slice(0, "1g.5gb", 1)
+    backend.inject(SimFaults(fail_create=1, fail_create_code="internal"))
+    with pytest.raises(MigError) as info:  # no NVML code: may pass on a second attempt
+        backend.create_slice(0, "1g.5gb", 1)
+    assert info.value.code is ErrorCode.INTERNAL
+    backend.inject(SimFaults(fail_create=1, fail_create_code="in_use"))
+    with pytest.raises(InUseError):
         backend.create_slice(0, "1g.5gb", 1)
 
 

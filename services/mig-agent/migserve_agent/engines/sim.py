@@ -3,6 +3,10 @@
 The sim engine runs no model; its speed follows the performance model of the
 profile it is told it runs on. Its slots follow the profile: ``slots_per_compute``
 per compute slice, unless the model's engine_args say ``slots``.
+
+Fault injection: engine_args ``fail_start`` and ``never_healthy`` (``true`` or
+``false``) become the sim engine's ``--fail-start`` / ``--never-healthy``: the
+engine crashes when its loading ends, or never becomes healthy.
 """
 
 from __future__ import annotations
@@ -43,6 +47,17 @@ def _integer(value: str) -> str:
     return value
 
 
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
+
+
+def _boolean(value: str) -> str:
+    lowered = value.lower()
+    if lowered not in _TRUE + _FALSE:
+        raise ValueError("must be true or false")
+    return "true" if lowered in _TRUE else "false"
+
+
 #: engine_args keys the sim engine accepts ('-' or '_'), and their checks
 _ARGS: dict[str, Callable[[str], str]] = {
     "slots": _positive_int,
@@ -56,7 +71,11 @@ _ARGS: dict[str, Callable[[str], str]] = {
     "max-context": _positive_int,
     "default-max-tokens": _positive_int,
     "seed": _integer,
+    "fail-start": _boolean,
+    "never-healthy": _boolean,
 }
+#: engine_args that are bare flags of the sim engine (given when "true")
+_FLAGS = frozenset({"fail-start", "never-healthy"})
 
 
 def _engine_args(spec: ModelSpec) -> dict[str, str]:
@@ -109,6 +128,8 @@ class SimEngineAdapter:
             "--memory-slices", str(profile.memory_slices),
             "--slots", str(slots),
         ]  # fmt: skip
+        flags = [f"--{key}" for key in sorted(_FLAGS) if args.pop(key, "false") == "true"]
         for key, value in sorted(args.items()):
             argv += [f"--{key}", value]
+        argv += flags
         return EngineLaunch(argv=tuple(argv), env={"PYTHONUNBUFFERED": "1"})

@@ -47,11 +47,17 @@ _NAMESPACE = uuidlib.UUID("6f1c7a52-3c1e-4f0e-9a55-6d3e7f0b2a11")
 _NonNeg = Annotated[int, msgspec.Meta(ge=0)]
 _NonNegFloat = Annotated[float, msgspec.Meta(ge=0)]
 
-FaultCode = Literal["insufficient_resources", "not_supported", "no_permission"]
+#: how an injected create failure fails: NVML's codes; "internal" is an error NVML
+#: has no specific code for (NVML_ERROR_UNKNOWN), which a second attempt may not see
+FaultCode = Literal[
+    "insufficient_resources", "not_supported", "no_permission", "in_use", "internal"
+]
 _FAULT_ERRORS: dict[str, type[MigError]] = {
     "insufficient_resources": InsufficientResourcesError,
     "not_supported": NotSupportedError,
     "no_permission": NoPermissionError,
+    "in_use": InUseError,
+    "internal": MigError,
 }
 
 

@@ -4,6 +4,10 @@ Prints ``{"event": "listening", "host": H, "port": P}`` on stdout once it
 accepts connections (with ``--port 0`` the port is picked by the OS). SIGTERM
 and SIGINT stop it gracefully (exit status 0): it stops accepting, finishes
 open requests (at most 30 s), then exits; a second signal stops it at once.
+
+Fault injection (tests and chaos runs): ``--fail-start`` makes it exit with
+status 1 when its loading time ends (a crash at start, after it listened);
+``--never-healthy`` keeps it "loading" (/health 503) forever.
 """
 
 from __future__ import annotations
@@ -55,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-context", type=int, default=4096, help="context length (default: %(default)s)")
     add("--default-max-tokens", type=int, default=64, help="max tokens if none requested")
     add("--seed", type=int, default=0, help="seed for requests that bring none")
+    add("--fail-start", action="store_true",
+        help="FAULT: exit with status 1 when loading ends (a crash at start)")  # fmt: skip
+    add("--never-healthy", action="store_true",
+        help="FAULT: stay loading forever (/health answers 503)")  # fmt: skip
     add("--log-level", default="info", choices=_LOG_LEVELS, help="(default: %(default)s)")
     return parser
 
@@ -83,6 +91,8 @@ def config_from_args(args: argparse.Namespace) -> SimEngineConfig:
         max_context=args.max_context,
         default_max_tokens=args.default_max_tokens,
         seed=args.seed,
+        fail_start=args.fail_start,
+        never_healthy=args.never_healthy,
     )
 
 
@@ -115,8 +125,10 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def serve(config: SimEngineConfig, *, host: str, port: int, log_level: str) -> None:
-    """Serve until SIGTERM/SIGINT; announce the port on stdout once listening."""
+async def serve(config: SimEngineConfig, *, host: str, port: int, log_level: str) -> int:
+    """Serve until SIGTERM/SIGINT; announce the port on stdout once listening.
+
+    Returns the exit status: 0, or 1 for the injected crash of ``fail_start``."""
     sock = _bind(host, port)
     bound_port = sock.getsockname()[1]
     server = _Server(
@@ -146,7 +158,15 @@ async def serve(config: SimEngineConfig, *, host: str, port: int, log_level: str
                 host,
                 bound_port,
             )
+        if config.fail_start and server.started:
+            await asyncio.wait({task}, timeout=config.startup_delay_s)
+            if not task.done():
+                log.error("injected fault (--fail-start): crashing while loading")
+                server.should_exit = server.force_exit = True
+                await task
+                return 1
         await task
+        return 0
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
@@ -166,11 +186,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     try:
-        asyncio.run(serve(config, host=args.host, port=args.port, log_level=args.log_level))
+        status = asyncio.run(
+            serve(config, host=args.host, port=args.port, log_level=args.log_level)
+        )
     except OSError as exc:
         message = f"migserve-sim-engine: cannot listen on {args.host}:{args.port}: {exc}"
         print(message, file=sys.stderr)
         sys.exit(1)
+    if status:
+        sys.exit(status)
 
 
 if __name__ == "__main__":

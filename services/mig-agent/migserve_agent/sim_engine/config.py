@@ -39,6 +39,10 @@ class SimEngineConfig:
     max_stop_sequences: int = 4
     #: seeds the per-request seeds of requests that bring none
     seed: int = 0
+    #: FAULT INJECTION: exit with status 1 when loading would end (a crash at start)
+    fail_start: bool = False
+    #: FAULT INJECTION: stay "loading" forever (/health and inference answer 503)
+    never_healthy: bool = False
 
     def __post_init__(self) -> None:
         if not self.model_id:

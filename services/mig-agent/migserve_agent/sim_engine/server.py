@@ -97,6 +97,8 @@ class _SimServer:
 
     @property
     def ready(self) -> bool:
+        if self.config.never_healthy or self.config.fail_start:  # injected faults
+            return False
         return time.monotonic() >= self._ready_at
 
     # -- inference ---------------------------------------------------------------------------
