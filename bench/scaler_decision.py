@@ -8,7 +8,7 @@ then times N decisions per case and cluster size. Between two decisions a few
 GPUs get a new random layout, so the view changes the way it does in a running
 cluster. Cases:
 
-* ``choose naive``: the placement algorithm before optimisation (kept below),
+* ``choose naive``: the placement rules evaluated afresh for every GPU (kept below),
   the baseline of the ratio column;
 * ``choose``: ``placement.choose_placement`` (per-layout caches), checked to
   pick exactly what the naive algorithm picks;
@@ -85,6 +85,7 @@ def naive_choose_placement(
                     key = (
                         p.memory_mb,
                         p.compute_slices,
+                        0 if slices else 1,  # GPUs in use first (consolidation)
                         tuple(-v for v in score),
                         -options,
                         len(slices),
@@ -313,10 +314,7 @@ class Row:
 
 
 def inputs(size: int, case: Case, decisions: int, seed: int) -> Iterator[tuple[Cluster, ModelSpec]]:
-    """The same clusters and specs for every case with the same layout kind (seeded).
-
-    Made one at a time, so only one cluster is alive, as in a running scaler.
-    """
+    """The same clusters and specs per layout kind, seeded, one alive at a time, as in a scaler."""
     rng = random.Random(f"{seed}-{size}-{case.small}-{case.fill}")
     cluster = random_cluster(size, rng, case.fill, case.small)
     for _ in range(decisions):

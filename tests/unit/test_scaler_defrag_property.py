@@ -12,7 +12,9 @@ how few moves, the request can be placed. Then:
   ``mig.placement_error`` never meets an illegal layout, and only ready
   instances move, each to a GPU of its own model;
 * ``choose_placement`` never returns an illegal placement, and returns
-  ``NoCapacity`` only when the brute force finds no free start.
+  ``NoCapacity`` only when the brute force finds no free start; it picks an
+  empty GPU only when no GPU holding slices has room for a profile as small
+  (consolidation), and ``plan_moves`` without moves picks the same.
 """
 
 from __future__ import annotations
@@ -349,5 +351,25 @@ def test_choose_placement_is_legal_and_complete(sc: Scenario) -> None:
     direct = Scenario(sc.models, sc.layouts, sc.spec, None, 0)
     if isinstance(got, NoCapacity):
         assert shortest(direct) is None, got
-    else:
-        check_placement(sc, got)
+        return
+    check_placement(sc, got)
+    g = {sc.key(i): i for i in range(len(sc.models))}[got.node, got.gpu_index]
+    if not sc.layouts[g]:  # an empty GPU: no GPU in use may have room for a profile as small
+        size = (
+            got.profile_memory_mb,
+            mig.gpu_model(got.gpu_model).profile(got.profile).compute_slices,
+        )
+        for h, layout in enumerate(sc.layouts):
+            model = mig.gpu_model(sc.models[h])
+            plain = frozenset((s.profile_id, s.start) for s in layout)
+            for p in candidate_profiles(model, sc.spec):
+                if layout and (p.memory_mb, p.compute_slices) <= size:
+                    assert not _free(model.name, plain, p.id), (h, p.name, got)
+    plan = plan_moves(sc.spec, sc.nodes(), sc.instances(), sc.reserved(), max_moves=0)
+    assert isinstance(plan, MovePlan) and plan.moves == ()
+    assert (plan.target.node, plan.target.gpu_index, plan.target.profile, plan.target.start) == (
+        got.node,
+        got.gpu_index,
+        got.profile,
+        got.start,
+    )

@@ -1,4 +1,4 @@
-"""Placement of a model's first slice: smallest profile that fits, fragmentation-aware."""
+"""Placement of a new slice: smallest profile that fits, GPUs in use first, fragmentation-aware."""
 
 from __future__ import annotations
 
@@ -98,6 +98,42 @@ CASES = [
         [node("node-1", gpu(0, ("4g.40gb", 0), model="A100-80GB")), node("node-2")],
         spec(9000),
         ("node-1", 0, "1g.10gb", 6),
+    ),
+    # consolidation: a GPU already holding slices before an empty one, even at a worse score
+    Case(
+        "consolidate: the GPU in use beats an empty one",
+        [node("node-1"), node("node-2", gpu(0, ("1g.5gb", 6)))],
+        spec(1000),
+        ("node-2", 0, "1g.5gb", 4),
+    ),
+    Case(
+        "consolidate although the 4g is gone there",
+        [node("node-1"), node("node-2", gpu(0, ("3g.20gb", 0)))],
+        spec(1000),
+        ("node-2", 0, "1g.5gb", 6),
+    ),
+    Case(
+        "consolidate onto a GPU that only a plan reserved",
+        TWO_EMPTY,
+        spec(1000),
+        ("node-2", 0, "1g.5gb", 4),
+        reserved={("node-2", 0): [Reservation("node-2", 0, "1g.5gb", 6)]},
+    ),
+    Case(
+        "among GPUs in use, the best score: keep 4g placeable",
+        [
+            node("node-1"),
+            node("node-2", gpu(0, ("3g.20gb", 0))),
+            node("node-3", gpu(0, ("1g.5gb", 6))),
+        ],
+        spec(1000),
+        ("node-3", 0, "1g.5gb", 4),
+    ),
+    Case(
+        "an empty GPU when no GPU in use has room",
+        [node("node-1", gpu(0, ("4g.20gb", 0), ("3g.20gb", 4))), node("node-2")],
+        spec(15000),
+        ("node-2", 0, "3g.20gb", 4),
     ),
     Case(
         "second GPU of a node",

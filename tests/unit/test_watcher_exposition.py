@@ -146,6 +146,11 @@ def test_settings_defaults_and_errors() -> None:
         ({"MIGSERVE_SLO_UNDERLOAD_WINDOWS": "x"}, "MIGSERVE_SLO_UNDERLOAD_WINDOWS"),
         ({"MIGSERVE_SLO_LOW_WATERMARK": "1.5"}, "MIGSERVE_SLO_LOW_WATERMARK"),
         ({"MIGSERVE_SLO_COOLDOWN_S": "-1"}, "MIGSERVE_SLO_COOLDOWN_S"),
+        ({"MIGSERVE_WATCHER_SLO_HEADROOM": "1.1"}, "MIGSERVE_WATCHER_SLO_HEADROOM"),
+        (
+            {"MIGSERVE_WATCHER_SLO_HEADROOM": "0.5", "MIGSERVE_SLO_LOW_WATERMARK": "0.5"},
+            "MIGSERVE_WATCHER_SLO_HEADROOM",
+        ),
     ]:
         with pytest.raises(ConfigError, match=name):
             settings_from_env(env)
@@ -165,6 +170,9 @@ def test_slo_settings() -> None:
     ).slo
     assert (slo.violation_windows, slo.underload_windows) == (2, 20)
     assert (slo.low_watermark, slo.cooldown_s) == (0.3, 0)
+    assert (slo.headroom, slo.recover_ratio) == (1.0, 0.9)
+    slo = settings_from_env({"MIGSERVE_WATCHER_SLO_HEADROOM": "0.9"}).slo
+    assert (slo.headroom, slo.recover_ratio) == (0.9, pytest.approx(0.81))
 
 
 def test_prometheus_settings() -> None:

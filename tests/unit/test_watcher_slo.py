@@ -6,7 +6,14 @@ import itertools
 
 import pytest
 from migserve_shared.messages import SloEvidence
-from migserve_watcher.core.slo import SloDecision, SloPolicy, SloState, judge, step
+from migserve_watcher.core.slo import (
+    SloDecision,
+    SloPolicy,
+    SloState,
+    judge,
+    policy_with_headroom,
+    step,
+)
 
 SLO = 50.0
 INTERVAL = 5.0
@@ -181,3 +188,17 @@ def test_judge() -> None:
 def test_bad_policy(kw: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         SloPolicy(**kw)  # type: ignore[arg-type]
+
+
+def test_headroom_counts_a_window_as_above_before_the_mean_reaches_the_slo() -> None:
+    policy = policy_with_headroom(0.9, cooldown_s=0)
+    assert (policy.headroom, policy.recover_ratio) == (0.9, pytest.approx(0.81))
+    v = judge(ev(46.0), policy)  # over 45 ms = 50 x 0.9, under the SLO itself
+    assert (v.above, v.healthy) == (True, False)
+    assert judge(ev(40.0), policy).healthy  # 40 <= 50 x 0.81
+    decisions = run([ev(46.0)] * 3 + [ev(40.0)] * 3, policy)
+    assert kinds(decisions) == [(2, "violation"), (5, "recovered")]
+    with pytest.raises(ValueError, match="below the violation threshold"):
+        SloPolicy(headroom=0.9)  # recovery at SLO x 0.9 would not lie below it
+    with pytest.raises(ValueError):
+        SloPolicy(headroom=1.2)

@@ -75,6 +75,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=0.99,
         help="token-level SLO attainment a static partition must reach (default 0.99)",
     )
+    p.add_argument(
+        "--headroom",
+        type=float,
+        default=0.9,
+        help="ours: the watcher's MIGSERVE_WATCHER_SLO_HEADROOM, a window is a violation above "
+        "SLO x this (default 0.9)",
+    )
     p.add_argument("--whole-gpu-replicas", type=int, default=1)
     p.add_argument(
         "--hpa-target",
@@ -96,6 +103,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         engine_start_s=1.0 if args.warm_start else args.engine_start_s,
         queue_timeout_s=args.queue_timeout_s,
         target_attainment=args.target,
+        slo_headroom=args.headroom,
         whole_gpu_replicas=args.whole_gpu_replicas,
         hpa_target_in_flight=args.hpa_target,
     )

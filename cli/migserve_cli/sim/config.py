@@ -126,6 +126,8 @@ class SimConfig:
     #: the watcher's scrape interval and sliding window
     watch_interval_s: float = 5.0
     watch_window_s: float = 30.0
+    #: the watcher's SLO headroom (MIGSERVE_WATCHER_SLO_HEADROOM): violation above SLO x this
+    slo_headroom: float = 0.9
     #: the scaler's tick interval
     tick_s: float = 1.0
     #: the gateway publishes demand at most this often per waiting model
@@ -152,6 +154,8 @@ class SimConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name} must be > 0 seconds, got {value}")
+        if not 0 < self.slo_headroom <= 1:
+            raise ConfigError(f"--headroom must be in (0, 1], got {self.slo_headroom}")
         if not 0 < self.target_attainment <= 1:
             raise ConfigError(f"target attainment must be in (0, 1], got {self.target_attainment}")
         try:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from migserve_shared.errors import ConfigError
+from migserve_watcher.core.slo import policy_with_headroom
 
 from migserve_cli.sim.baselines import HpaController, StaticController, whole_gpu_layout
 from migserve_cli.sim.config import SimConfig, SimModel
@@ -92,7 +93,7 @@ def _controller(
         return StaticController("static", layout)
     if name == "hpa":
         return HpaController(target_in_flight=config.hpa_target_in_flight)
-    return ScalerController()
+    return ScalerController(slo_policy=policy_with_headroom(config.slo_headroom))
 
 
 def compare(

@@ -9,7 +9,7 @@ from pathlib import Path
 from migserve_shared.env import Env, NatsSettings, nats_settings
 from migserve_shared.errors import ConfigError
 
-from migserve_watcher.core.slo import SloPolicy
+from migserve_watcher.core.slo import SloPolicy, policy_with_headroom
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 METRICS_SOURCES = ("direct", "prometheus")
@@ -25,12 +25,15 @@ environment:
   MIGSERVE_PROMETHEUS_FILE_SD   write the ready instances' engine and bridge targets to this
                                 Prometheus file_sd JSON file (default: off)
   MIGSERVE_SLO_VIOLATION_WINDOWS  k: windows above the SLO before slo.violation, and
-                                at or below SLO x 0.9 before slo.recovered (default 3)
+                                at or below SLO x 0.9 x headroom before slo.recovered (default 3)
   MIGSERVE_SLO_UNDERLOAD_WINDOWS  windows below SLO x low watermark with nothing waiting
                                 before slo.underload (default 12)
   MIGSERVE_SLO_LOW_WATERMARK    fraction of the SLO under which a model is underloaded
                                 (default 0.5)
   MIGSERVE_SLO_COOLDOWN_S       seconds after a model's SLO event before its next (default 60)
+  MIGSERVE_WATCHER_SLO_HEADROOM a window counts as above the SLO when its mean TPOT exceeds
+                                SLO x this (recovery at SLO x 0.9 x this); below 1 leaves room
+                                for a token-level target (default 1.0; `migserve sim` uses 0.9)
   MIGSERVE_WATCHER_METRICS_PORT serve the watcher's own metrics on this port (default: off)
   MIGSERVE_WATCHER_METRICS_HOST address for that port (default 127.0.0.1)
   MIGSERVE_LOG_FORMAT           json or text (default json)
@@ -68,12 +71,21 @@ def settings_from_env(env: Mapping[str, str]) -> WatcherSettings:
             f"MIGSERVE_WATCHER_WINDOW_S={window:g} is shorter than "
             f"MIGSERVE_WATCHER_INTERVAL_S={interval:g}: a window must span at least one interval"
         )
-    slo = SloPolicy(
-        violation_windows=e.integer("MIGSERVE_SLO_VIOLATION_WINDOWS", 3, min=1, max=1000),
-        underload_windows=e.integer("MIGSERVE_SLO_UNDERLOAD_WINDOWS", 12, min=1, max=100000),
-        low_watermark=e.number("MIGSERVE_SLO_LOW_WATERMARK", 0.5, min=0.01, max=0.9),
-        cooldown_s=e.number("MIGSERVE_SLO_COOLDOWN_S", 60.0, min=0.0, max=86400.0),
-    )
+    headroom = e.number("MIGSERVE_WATCHER_SLO_HEADROOM", 1.0, min=0.05, max=1.0)
+    low_watermark = e.number("MIGSERVE_SLO_LOW_WATERMARK", 0.5, min=0.01, max=0.9)
+    try:
+        slo = policy_with_headroom(
+            headroom,
+            violation_windows=e.integer("MIGSERVE_SLO_VIOLATION_WINDOWS", 3, min=1, max=1000),
+            underload_windows=e.integer("MIGSERVE_SLO_UNDERLOAD_WINDOWS", 12, min=1, max=100000),
+            low_watermark=low_watermark,
+            cooldown_s=e.number("MIGSERVE_SLO_COOLDOWN_S", 60.0, min=0.0, max=86400.0),
+        )
+    except ValueError as exc:
+        raise ConfigError(
+            f"MIGSERVE_SLO_LOW_WATERMARK={low_watermark:g} must be at most the recovery "
+            f"threshold 0.9 x MIGSERVE_WATCHER_SLO_HEADROOM={headroom:g}: {exc}"
+        ) from exc
     file_sd = e.text("MIGSERVE_PROMETHEUS_FILE_SD", "")
     port = e.integer("MIGSERVE_WATCHER_METRICS_PORT", 0, min=0, max=65535)
     return WatcherSettings(

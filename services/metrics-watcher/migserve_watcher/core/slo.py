@@ -5,10 +5,12 @@ last window, load, instances). ``step`` folds it into that model's
 ``SloState`` and returns at most one ``SloDecision``:
 
 - ``violation`` after ``violation_windows`` (k) consecutive windows with TPOT
-  above the SLO. It opens an episode with a new trace id. While the model stays
-  violated, another violation (same trace) is decided after k more windows
-  above the SLO once the cooldown has passed, so the scaler can take its next
-  step.
+  above SLO x ``headroom`` ("above the SLO" below). A window's TPOT is a mean:
+  a target on the share of tokens within the SLO (99%) needs the mean kept
+  under it, which a headroom below 1 (0.9) gives. It opens an episode with a
+  new trace id. While the model stays violated, another violation (same
+  trace) is decided after k more windows above the SLO once the cooldown has
+  passed, so the scaler can take its next step.
 - ``recovered`` after k consecutive windows with TPOT at or below
   SLO x ``recover_ratio`` (hysteresis: a TPOT just under the SLO does not
   recover a violated model, so noise around the SLO cannot flap). It closes the
@@ -30,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 from migserve_shared.messages import SloEvidence
@@ -45,6 +47,8 @@ class SloPolicy:
 
     #: k: consecutive windows above the SLO before a violation (and below it before recovery)
     violation_windows: int = 3
+    #: a window is above when its TPOT exceeds SLO x this (below 1: headroom for the mean)
+    headroom: float = 1.0
     #: consecutive low windows before an underload
     underload_windows: int = 12
     #: underload when TPOT is at or below SLO x this
@@ -59,13 +63,29 @@ class SloPolicy:
     def __post_init__(self) -> None:
         if self.violation_windows < 1 or self.underload_windows < 1:
             raise ValueError("violation_windows and underload_windows must be at least 1")
-        if not 0 < self.low_watermark <= self.recover_ratio <= 1:
+        if not 0 < self.headroom <= 1:
+            raise ValueError(f"need 0 < headroom ({self.headroom}) <= 1")
+        if not 0 < self.low_watermark <= self.recover_ratio < self.headroom:
             raise ValueError(
                 f"need 0 < low_watermark ({self.low_watermark}) <= recover_ratio "
-                f"({self.recover_ratio}) <= 1"
+                f"({self.recover_ratio}) < headroom ({self.headroom}): recovery and underload "
+                "must lie below the violation threshold"
             )
         if self.cooldown_s < 0 or self.max_waiting < 0:
             raise ValueError("cooldown_s and max_waiting must not be negative")
+
+
+#: recovery sits this far under the violation threshold (SLO x headroom)
+RECOVER_UNDER_THRESHOLD = 0.9
+
+
+def policy_with_headroom(headroom: float = 1.0, **fields: Any) -> SloPolicy:
+    """The policy the watcher's settings (and the simulator) build: violation above
+    SLO x ``headroom``, recovery at or below SLO x 0.9 x ``headroom`` (the same
+    hysteresis under the violation threshold as without headroom). Raises
+    ``ValueError`` for a policy ``SloPolicy`` rejects."""
+    recover = RECOVER_UNDER_THRESHOLD * headroom
+    return SloPolicy(headroom=headroom, recover_ratio=recover, **fields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +132,7 @@ def judge(evidence: SloEvidence, policy: SloPolicy) -> WindowVerdict:
         idle = evidence.in_flight == 0 and evidence.waiting == 0
         return WindowVerdict(False, True, True) if idle else WindowVerdict(None, None, None)
     return WindowVerdict(
-        above=tpot > slo,
+        above=tpot > slo * policy.headroom,
         healthy=tpot <= slo * policy.recover_ratio,
         low=tpot <= slo * policy.low_watermark and evidence.waiting <= policy.max_waiting,
     )

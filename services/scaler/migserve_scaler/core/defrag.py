@@ -15,9 +15,10 @@ moves that can matter. For ``max_moves`` up to 2 the search finds a plan wheneve
 one exists (tests/unit/test_scaler_defrag_property.py checks it against a
 brute force over all layouts; random clusters with 3 moves agree too). Among
 plans with the fewest moves the best is the one ``choose_placement`` would
-rank first on the layout after the moves: smallest profile, best capacity
-score of the target GPU, most placement options left, fewest slices, then
-node, GPU and start; with no moves needed it is ``choose_placement``'s answer.
+rank first on the layout after the moves: smallest profile, a target GPU that
+still holds slices before an empty one (consolidation), best capacity score of
+the target GPU, most placement options left, fewest slices, then node, GPU and
+start; with no moves needed it is ``choose_placement``'s answer.
 """
 
 from __future__ import annotations
@@ -134,6 +135,7 @@ def _rank(cluster: Cluster, goal: Goal, moves: list[Move]) -> tuple[object, ...]
     return (
         len(moves),
         *_size(goal),
+        0 if target.layout else 1,  # GPUs in use first, as choose_placement ranks
         *(-v for v in rank),
         cluster.used_count[goal.key],
         goal.key,

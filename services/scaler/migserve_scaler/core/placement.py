@@ -1,16 +1,20 @@
-"""Where a new slice for a model goes: the smallest profile that holds it, placed
-where the GPU keeps its largest profiles placeable.
+"""Where a new slice for a model goes: the smallest profile that holds it,
+packed onto a GPU already in use, where that GPU keeps its largest profiles
+placeable.
 
 Every MIG rule comes from ``migserve_shared.mig``; this module only enumerates
 candidates and ranks them:
 
 1. the smallest profile (by memory, then compute) whose memory holds
    ``ModelSpec.memory_mb``, within the spec's ``min_profile``/``max_profile``;
-2. among its placements, the highest ``mig.capacity_score`` of the layout
+2. a GPU that already holds slices (in use or reserved) before an empty one
+   (bin packing: models share GPUs, and empty GPUs stay whole for 7g slices
+   and can be given back);
+3. among its placements, the highest ``mig.capacity_score`` of the layout
    after placing it (the largest profile still placeable, then free compute,
    then free memory);
-3. then the placement leaving the most (profile, start) options open;
-4. then the GPU with the fewest slices in use, then node name, GPU index and
+4. then the placement leaving the most (profile, start) options open;
+5. then the GPU with the fewest slices in use, then node name, GPU index and
    start, so the choice is deterministic.
 
 Slices count as used when the node reports them, when an instance record
@@ -189,7 +193,16 @@ def choose_placement(
                     break  # a larger profile than the best so far cannot win: skip its ranking
                 found = best_start(model.name, layout, p.id)
                 if found is not None:
-                    key = (p.memory_mb, p.compute_slices, *found[:4], count, node.node, gpu.index)
+                    empty = 0 if count else 1  # GPUs in use first: consolidate
+                    key = (
+                        p.memory_mb,
+                        p.compute_slices,
+                        empty,
+                        *found[:4],
+                        count,
+                        node.node,
+                        gpu.index,
+                    )
                     if best is None or (*key, found[4]) < best.key:
                         best = _Best((*key, found[4]), node.node, gpu.index, model, p, found)
                     break
