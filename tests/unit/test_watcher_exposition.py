@@ -158,7 +158,7 @@ def test_settings_defaults_and_errors() -> None:
 
 def test_slo_settings() -> None:
     slo = settings_from_env({}).slo
-    assert (slo.violation_windows, slo.underload_windows) == (3, 12)
+    assert (slo.violation_windows, slo.underload_windows) == (3, 24)
     assert (slo.low_watermark, slo.cooldown_s) == (0.5, 60)
     slo = settings_from_env(
         {

@@ -18,7 +18,7 @@ from migserve_watcher.core.slo import (
 SLO = 50.0
 INTERVAL = 5.0
 #: k=3, underload after 12, watermark 0.5, cooldown 60 s (12 windows), recover at <= 45 ms
-POLICY = SloPolicy()
+POLICY = SloPolicy(underload_windows=12)
 
 #: per-window TPOT (ms) recorded from sim engines at 20-25 ms per token, a busy
 #: one just around its SLO, and one slowed down three times at window 6

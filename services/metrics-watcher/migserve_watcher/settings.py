@@ -27,7 +27,7 @@ environment:
   MIGSERVE_SLO_VIOLATION_WINDOWS  k: windows above the SLO before slo.violation, and
                                 at or below SLO x 0.9 x headroom before slo.recovered (default 3)
   MIGSERVE_SLO_UNDERLOAD_WINDOWS  windows below SLO x low watermark with nothing waiting
-                                before slo.underload (default 12)
+                                before slo.underload (default 24)
   MIGSERVE_SLO_LOW_WATERMARK    fraction of the SLO under which a model is underloaded
                                 (default 0.5)
   MIGSERVE_SLO_COOLDOWN_S       seconds after a model's SLO event before its next (default 60)
@@ -77,7 +77,7 @@ def settings_from_env(env: Mapping[str, str]) -> WatcherSettings:
         slo = policy_with_headroom(
             headroom,
             violation_windows=e.integer("MIGSERVE_SLO_VIOLATION_WINDOWS", 3, min=1, max=1000),
-            underload_windows=e.integer("MIGSERVE_SLO_UNDERLOAD_WINDOWS", 12, min=1, max=100000),
+            underload_windows=e.integer("MIGSERVE_SLO_UNDERLOAD_WINDOWS", 24, min=1, max=100000),
             low_watermark=low_watermark,
             cooldown_s=e.number("MIGSERVE_SLO_COOLDOWN_S", 60.0, min=0.0, max=86400.0),
         )

@@ -50,7 +50,7 @@ class SloPolicy:
     #: a window is above when its TPOT exceeds SLO x this (below 1: headroom for the mean)
     headroom: float = 1.0
     #: consecutive low windows before an underload
-    underload_windows: int = 12
+    underload_windows: int = 24
     #: underload when TPOT is at or below SLO x this
     low_watermark: float = 0.5
     #: a violated model recovers only at or below SLO x this (hysteresis)
