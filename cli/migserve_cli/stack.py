@@ -353,7 +353,8 @@ class DownReport:
 
 
 def down(home: Path, say: Say, *, retire_timeout_s: float = 60.0) -> DownReport:
-    """Retire instances, stop every process ``up`` started, verify nothing is left."""
+    """Stop the services that decide, retire every instance through its agent,
+    stop every other process ``up`` started, verify nothing is left."""
     report = DownReport()
     stack = read_stack(home)
     if stack is None:
@@ -361,22 +362,27 @@ def down(home: Path, say: Say, *, retire_timeout_s: float = 60.0) -> DownReport:
         return report
     by_name = {p.name: p.ref() for p in stack.processes}
     nats_ref = by_name.get("nats-server")
+
+    def stop(names: list[str]) -> None:
+        for name in names:
+            ref = by_name.get(name)
+            if ref is not None and ref.stop():
+                report.stopped.append(name)
+
+    # Whatever decides or asks for instances stops first: a scaler still running
+    # would replace the instances retired below (a lost instance), and a
+    # gateway still holding requests would ask for them again.
+    stop(
+        [n for n in by_name if n == "gateway" or n.startswith("gateway-")]
+        + ["metrics-watcher"]
+        + [n for n in by_name if n == "scaler" or n.startswith("scaler-")]
+    )
     instances: list[InstanceRecord] = []
     if nats_ref is not None and nats_ref.alive():
         instances, report.retired, report.leftover_slices = asyncio.run(
             _retire_all(nats_settings(stack), retire_timeout_s, say)
         )
-    order = (
-        [n for n in by_name if n == "gateway" or n.startswith("gateway-")]
-        + ["metrics-watcher"]
-        + [n for n in by_name if n == "scaler" or n.startswith("scaler-")]
-        + [n for n in by_name if n.startswith("mig-agent")]
-        + ["prometheus"]
-    )
-    for name in order:
-        ref = by_name.get(name)
-        if ref is not None and ref.stop():
-            report.stopped.append(name)
+    stop([n for n in by_name if n.startswith("mig-agent")] + ["prometheus"])
     # Engines and bridges are children of the agents' sessions, recorded in the
     # instance records; stop any a failed retire left behind (by PID, and only
     # processes started after this stack's nats-server).
