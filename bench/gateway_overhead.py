@@ -3,10 +3,21 @@ gateway -> NATS -> bridge, in one run, at several concurrencies.
 
     uv run python bench/gateway_overhead.py [--requests 200] [--tokens 32]
 
-Prints a table: TTFT p50/p99 and inter-token gap p50 for both paths and the
-difference, requests per second, and the gateway's CPU seconds and peak RSS.
-Every process runs on 127.0.0.1 and stops at the end. Figures are ratios and
-differences measured in the same run, because these machines are shared.
+The workers of a level start spread over one request's length (all requests
+are equally long, so they stay spread, as independent users would be);
+``--lockstep`` starts them at once, so every wave of requests arrives in one
+burst and TTFT measures how fast a burst is absorbed.
+
+Prints two tables. The first: TTFT p50/p99 and inter-token gap p50 for both
+paths with the difference and the ratio gateway/direct, requests per second
+and their ratio, and how busy the machine was (CPU seconds of every process
+of the run, including this client, per wall second: 2.0 means both cores of
+a 2-core machine were busy, so latency then measures queueing for a core).
+The second: CPU milliseconds per request of each process on the gateway
+path, against the direct path's client and engine. Then the gateway's CPU
+seconds and peak RSS. Every process runs on 127.0.0.1 and stops at the end.
+Figures are ratios and differences measured in the same run, because these
+machines are shared.
 """
 
 from __future__ import annotations
@@ -23,8 +34,11 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
+from migserve_agent.bridge.__main__ import fast_loop_factory
+from migserve_agent.bridge.http1 import Http1Pool, HttpError
 from migserve_cli.nats_server import start_nats_server
 from migserve_shared import subjects
 from migserve_shared.bus import connect, ensure_jetstream, open_buckets
@@ -32,7 +46,14 @@ from migserve_shared.env import NatsSettings
 from migserve_shared.messages import InstanceRecord, ModelSpec, encode, now
 
 MODEL = "bench/sim-model"
+CHAT = "/v1/chat/completions"
 PY = sys.executable
+
+
+def code_path(checkout: Path) -> str:
+    """A PYTHONPATH that makes the services import from ``checkout``."""
+    dirs = ["shared", "services/gateway", "services/mig-agent", "cli"]
+    return os.pathsep.join(str((checkout / d).resolve()) for d in dirs)
 
 
 def free_port() -> int:
@@ -59,54 +80,103 @@ class Run:
     gaps: list[float] = field(default_factory=list)
     failed: int = 0
     seconds: float = 0.0
+    #: CPU seconds over the run: process name -> seconds ("client" is this process)
+    cpu: dict[str, float] = field(default_factory=dict)
 
 
-async def one(client: httpx.AsyncClient, url: str, tokens: int, run: Run) -> None:
-    body = {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": "benchmark prompt"}],
-        "max_tokens": tokens,
-        "stream": True,
-    }
+def measured(
+    pids: dict[str, int], url: str, concurrency: int, requests: int, *, tokens: int, spread_s: float
+) -> Run:
+    """``load`` with the CPU seconds every process spent during it."""
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    client = time.process_time()
+    with asyncio.Runner(loop_factory=fast_loop_factory()) as runner:
+        run = runner.run(load(url, concurrency, requests, tokens, spread_s=spread_s))
+    run.cpu = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+    run.cpu["client"] = time.process_time() - client
+    return run
+
+
+#: a streamed chunk with a token's text (the role-only first chunk has "content":"")
+CONTENT, EMPTY = b'"content":"', b'"content":""'
+
+
+def body_of(tokens: int) -> bytes:
+    return json.dumps(
+        {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "benchmark prompt"}],
+            "max_tokens": tokens,
+            "stream": True,
+        }
+    ).encode()
+
+
+async def one(pool: Http1Pool, path: str, body: bytes, run: Run) -> None:
+    """One streamed request; every token's arrival time is that of the read that brought it.
+
+    The client is lean on purpose (one keep-alive pool, no JSON parsing): at
+    64 streams a client that parses every chunk with json and httpx's line
+    iterator is the slowest process of the run and measures itself.
+    """
     start = time.perf_counter()
     last = None
+    headers = (("content-type", "application/json"), ("accept", "text/event-stream"))
     try:
-        async with client.stream("POST", url, json=body) as resp:
-            if resp.status_code != 200:
+        async with pool.request("POST", path, body=body, headers=headers) as resp:
+            if resp.status != 200:
                 run.failed += 1
-                await resp.aread()
+                async for _ in resp.chunks():
+                    pass
                 return
-            async for line in resp.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                chunk = json.loads(line[6:])
-                if not chunk.get("choices") or not chunk["choices"][0]["delta"].get("content"):
+            async for data in resp.chunks():
+                count = data.count(CONTENT) - data.count(EMPTY)
+                if count <= 0:
                     continue
                 t = time.perf_counter()
                 if last is None:
                     run.ttft.append(t - start)
+                    count -= 1
                 else:
                     run.gaps.append(t - last)
+                    count -= 1
+                run.gaps.extend([0.0] * count)  # tokens that came in the same read
                 last = t
-    except httpx.HTTPError:
+    except HttpError:
         run.failed += 1
 
 
-async def load(url: str, concurrency: int, requests: int, tokens: int) -> Run:
+async def load(
+    url: str, concurrency: int, requests: int, tokens: int, *, spread_s: float = 0.0
+) -> Run:
+    """``requests`` requests from ``concurrency`` workers, each starting the next at once.
+
+    ``spread_s``: worker i starts ``i / concurrency * spread_s`` late. With the
+    length of one request, the workers stay spread over it (all requests are
+    equally long); with 0 they run in lockstep, every wave arriving at once.
+    """
     run = Run()
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+    split = urlsplit(url)
+    body = body_of(tokens)
+    pool = Http1Pool(
+        f"{split.scheme}://{split.netloc}",
+        max_idle=concurrency,
+        connect_timeout_s=10,
+        read_timeout_s=120,
+    )
+    async with pool:
         queue: asyncio.Queue[int] = asyncio.Queue()
         for i in range(requests):
             queue.put_nowait(i)
 
-        async def worker() -> None:
+        async def worker(delay_s: float) -> None:
+            await asyncio.sleep(delay_s)
             while not queue.empty():
                 queue.get_nowait()
-                await one(client, url, tokens, run)
+                await one(pool, split.path, body, run)
 
         start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker(i / concurrency * spread_s) for i in range(concurrency)))
         run.seconds = time.perf_counter() - start
     return run
 
@@ -159,13 +229,70 @@ def wait_http(url: str, timeout: float = 30) -> None:
     raise RuntimeError(f"{url} did not answer in time")
 
 
+def busy(run: Run) -> float:
+    """Cores busy on average: every process's CPU seconds per wall second."""
+    return sum(run.cpu.values()) / run.seconds if run.seconds else float("nan")
+
+
+def report(
+    rows: list[tuple[int, int, Run, Run]], tpot_ms: float, tokens: int, *, lockstep: bool
+) -> None:
+    starts = "all at once (lockstep)" if lockstep else "spread over one request's length"
+    print(
+        f"sim engine TPOT {tpot_ms} ms, {tokens} tokens per request, worker starts {starts}, "
+        "times in ms"
+    )
+    hdr = (
+        f"{'conc':>5} {'reqs':>5} | {'TTFT p50 direct/gw/+/ratio':>31} |"
+        f" {'TTFT p99 direct/gw/+/ratio':>33} | {'gap p50 direct/gw/+':>21} |"
+        f" {'req/s direct/gw/ratio':>21} | {'cores busy':>10} | failed"
+    )
+    print(hdr)
+    print("-" * len(hdr))
+    for c, n, d, g in rows:
+        t50d, t50g = pct(d.ttft, 50), pct(g.ttft, 50)
+        t99d, t99g = pct(d.ttft, 99), pct(g.ttft, 99)
+        g50d, g50g = pct(d.gaps, 50), pct(g.gaps, 50)
+        rd, rg = n / d.seconds, n / g.seconds
+        print(
+            f"{c:>5} {n:>5} | {t50d:7.2f} {t50g:7.2f} {t50g - t50d:+7.2f} {t50g / t50d:5.2f}x |"
+            f" {t99d:8.2f} {t99g:8.2f} {t99g - t99d:+8.2f} {t99g / t99d:5.2f}x |"
+            f" {g50d:5.2f} {g50g:5.2f} {g50g - g50d:+6.2f} |"
+            f" {rd:6.1f} {rg:6.1f} {rg / rd:5.2f}x | {busy(d):4.2f} {busy(g):4.2f} |"
+            f" {d.failed}/{g.failed}"
+        )
+    names = ("client", "engine", "bridge", "gateway", "nats")
+    print()
+    print("CPU ms per request, direct (client + engine) | gateway path (each process)")
+    hdr = f"{'conc':>5} | {'client':>7} {'engine':>7} | " + " ".join(f"{x:>7}" for x in names)
+    print(hdr)
+    print("-" * len(hdr))
+    for c, n, d, g in rows:
+        direct = f"{d.cpu['client'] / n * 1e3:7.2f} {d.cpu['engine'] / n * 1e3:7.2f}"
+        through = " ".join(f"{g.cpu[x] / n * 1e3:7.2f}" for x in names)
+        print(f"{c:>5} | {direct} | {through}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=200, help="requests per concurrency level")
     parser.add_argument("--tokens", type=int, default=32, help="max_tokens per request")
     parser.add_argument("--concurrency", default="1,16,64,256")
     parser.add_argument("--tpot-ms", type=float, default=5.0, help="the sim engine's TPOT")
+    parser.add_argument(
+        "--services-from",
+        metavar="CHECKOUT",
+        help="run the engine, bridge and gateway from another checkout of this repository "
+        "(e.g. a git worktree of an older commit), for before/after tables",
+    )
+    parser.add_argument(
+        "--lockstep",
+        action="store_true",
+        help="start all workers at once (each wave of requests arrives in one burst); "
+        "by default their starts are spread over one request's length",
+    )
     args = parser.parse_args()
+    spread = 0.0 if args.lockstep else args.tokens * args.tpot_ms / 1000
     levels = [int(c) for c in args.concurrency.split(",")]
     slots = max(levels)
     procs: list[subprocess.Popen[bytes]] = []
@@ -174,6 +301,8 @@ def main() -> int:
         nats = start_nats_server(work / "nats")
         try:
             env = {**os.environ, "MIGSERVE_NATS_URL": nats.url, "MIGSERVE_LOG_LEVEL": "WARNING"}
+            if args.services_from:
+                env["PYTHONPATH"] = code_path(Path(args.services_from))
             eport, gport = free_port(), free_port()
             engine_url = f"http://127.0.0.1:{eport}"
             procs.append(
@@ -242,13 +371,26 @@ def main() -> int:
             # warm up both paths (connections, the bridge's pulls)
             asyncio.run(load(f"{engine_url}/v1/chat/completions", 4, 20, args.tokens))
             asyncio.run(load(f"{gw_url}/v1/chat/completions", 4, 20, args.tokens))
+            pids = {
+                "engine": procs[0].pid,
+                "bridge": procs[1].pid,
+                "gateway": gateway.pid,
+                "nats": nats.pid,
+            }
             rows = []
             cpu0 = cpu_seconds(gateway.pid)
             for c in levels:
                 n = max(args.requests, c * 2)
-                direct = asyncio.run(load(f"{engine_url}/v1/chat/completions", c, n, args.tokens))
-                through = asyncio.run(load(f"{gw_url}/v1/chat/completions", c, n, args.tokens))
-                rows.append((c, n, direct, through))
+                rows.append(
+                    (
+                        c,
+                        n,
+                        measured(
+                            pids, engine_url + CHAT, c, n, tokens=args.tokens, spread_s=spread
+                        ),
+                        measured(pids, gw_url + CHAT, c, n, tokens=args.tokens, spread_s=spread),
+                    )
+                )
             cpu = cpu_seconds(gateway.pid) - cpu0
             rss = peak_rss_mb(gateway.pid)
         finally:
@@ -260,23 +402,7 @@ def main() -> int:
                 except subprocess.TimeoutExpired:
                     p.kill()
             nats.stop()
-    hdr = (
-        f"{'conc':>5} {'reqs':>5} | {'TTFT p50 direct/gw/+':>24} | {'TTFT p99 direct/gw/+':>24}"
-        f" | {'gap p50 direct/gw/+':>22} | {'req/s direct/gw':>16} | failed"
-    )
-    print(f"sim engine TPOT {args.tpot_ms} ms, {args.tokens} tokens per request, times in ms")
-    print(hdr)
-    print("-" * len(hdr))
-    for c, n, d, g in rows:
-        t50d, t50g = pct(d.ttft, 50), pct(g.ttft, 50)
-        t99d, t99g = pct(d.ttft, 99), pct(g.ttft, 99)
-        g50d, g50g = pct(d.gaps, 50), pct(g.gaps, 50)
-        print(
-            f"{c:>5} {n:>5} | {t50d:7.2f} {t50g:7.2f} {t50g - t50d:+7.2f} |"
-            f" {t99d:7.2f} {t99g:7.2f} {t99g - t99d:+7.2f} |"
-            f" {g50d:6.2f} {g50g:6.2f} {g50g - g50d:+6.2f} |"
-            f" {n / d.seconds:7.1f} {n / g.seconds:7.1f} | {d.failed}/{g.failed}"
-        )
+    report(rows, args.tpot_ms, args.tokens, lockstep=args.lockstep)
     print(f"gateway: {cpu:.1f} CPU seconds over the runs, peak RSS {rss:.0f} MB")
     return 0
 

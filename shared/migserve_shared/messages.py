@@ -112,8 +112,17 @@ class JobAccepted(_Reply, tag="accepted", frozen=True, kw_only=True):
 
 
 class TokenChunk(_Reply, tag="token", frozen=True, kw_only=True):
+    """Tokens ``index`` .. ``index + count - 1`` of the answer, in one message.
+
+    Replies are core NATS messages: across a NATS outage some can be lost
+    while later ones arrive. ``count`` lets the receiver see such a gap (the
+    next chunk's ``index`` must be this one's ``index + count``); 0 means the
+    sender did not say (an older bridge) and nothing is checked.
+    """
+
     text: str
     index: NonNegInt = 0
+    count: NonNegInt = 0
 
 
 class JobEnd(_Reply, tag="end", frozen=True, kw_only=True):
@@ -123,6 +132,9 @@ class JobEnd(_Reply, tag="end", frozen=True, kw_only=True):
     prompt_tokens: NonNegInt = 0
     completion_tokens: NonNegInt = 0
     instance_id: str = ""
+    #: how many tokens the bridge sent in chunks (None: not said): a receiver
+    #: that got fewer lost some
+    tokens_sent: NonNegInt | None = None
 
 
 class JobError(_Reply, tag="error", frozen=True, kw_only=True):

@@ -161,8 +161,9 @@ async def test_http_auth_table(
     if path == "/v1/completions":
         body = {"model": chat()["model"], "prompt": "hi"}
     async with gateway(replace(SETTINGS, auth_disabled=False), auth=KEYS) as gw:
-        kwargs = {"json": body} if method == "POST" else {}
-        r = await gw.client.request(method, path, headers=headers, **kwargs)
+        r = await gw.client.request(
+            method, path, headers=headers, json=body if method == "POST" else None
+        )
         assert r.status_code == status, r.text
         if status in (401, 403) and path in ("/generate", "/info"):
             assert r.json()["error_type"] == "validation"  # TGI's shape on TGI routes

@@ -15,10 +15,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from migserve_gateway.adapters.backend import Backend
 from migserve_gateway.adapters.jobs import JobQueueUnavailableError
 from migserve_gateway.adapters.registry import ModelExistsError
+from migserve_gateway.api.fastpath import HOT_PATHS
 from migserve_gateway.app import create_app
 from migserve_gateway.core.auth import AuthKeys
 from migserve_gateway.core.view import LiveView
@@ -376,17 +378,51 @@ async def test_error_after_tokens_is_an_sse_error_event(gw: Gateway) -> None:
     assert r.status_code == 200
     events = sse(r.text)
     assert events[0]["choices"][0]["delta"]["content"] == "par"
-    assert "oom" in events[-1]["error"]["message"]
-    assert "[DONE]" not in events
+    assert "oom" in events[-2]["error"]["message"]
+    assert events[-1] == "[DONE]"  # after the error object, as vLLM ends a failed stream
     r = await gw.client.post(CHAT, json=chat())
     assert r.status_code == 502
+
+
+@pytest.mark.parametrize(
+    "replies",
+    [
+        # the chunk with token 1 was lost in transit
+        [TokenChunk(text="a", index=0, count=1), TokenChunk(text="c", index=2, count=1), JobEnd()],
+        # the last chunk was lost: the end marker counts more tokens than arrived
+        [TokenChunk(text="a", index=0, count=1), JobEnd(tokens_sent=2)],
+    ],
+    ids=["gap", "tail"],
+)
+async def test_lost_token_replies_end_the_answer_with_an_error(
+    gw: Gateway, replies: list[JobReply]
+) -> None:
+    gw.jobs.script = lambda job: [JobAccepted(instance_id="i1"), *replies]
+    r = await gw.client.post(CHAT, json=chat(stream=True))
+    events = sse(r.text)
+    assert "lost in transit" in events[-2]["error"]["message"]
+    assert events[-1] == "[DONE]"
+    r = await gw.client.post(CHAT, json=chat())
+    assert r.status_code >= 500 and "lost in transit" in r.json()["error"]["message"]
+
+
+async def test_chunks_of_several_tokens_in_order_are_whole(gw: Gateway) -> None:
+    gw.jobs.script = lambda job: [
+        JobAccepted(instance_id="i1"),
+        TokenChunk(text="ab", index=0, count=2),
+        TokenChunk(text="c", index=2, count=1),
+        JobEnd(completion_tokens=3, tokens_sent=3),
+    ]
+    r = await gw.client.post(CHAT, json=chat())
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "abc"
 
 
 async def test_stalled_stream_ends_with_error_and_cancel(gw: Gateway) -> None:
     gw.jobs.script = lambda job: [TokenChunk(text="a")]
     r = await gw.client.post(CHAT, json=chat(stream=True))
     events = sse(r.text)
-    assert events[-1]["error"]["code"] == "timeout"
+    assert events[-2]["error"]["code"] == "timeout"
+    assert events[-1] == "[DONE]"
     assert gw.jobs.cancels == [gw.jobs.jobs[0].job_id]
     r = await gw.client.post(CHAT, json=chat())
     assert r.status_code == 504
@@ -539,3 +575,95 @@ async def test_metrics_are_served_without_redirect(gw: Gateway) -> None:
         "migserve_gateway_in_flight",
     ):
         assert name in r.text
+
+
+# --- model misses, lost instances -------------------------------------------------------------
+async def test_a_model_missing_from_the_view_is_read_from_the_registry(gw: Gateway) -> None:
+    late = ModelSpec(model_id="org/late", memory_mb=1000, tpot_slo_ms=50)
+    gw.registry.specs[late.model_id] = late  # stored, but the watch has not delivered it yet
+    gw.view.put_instance("i2", ready_instance(model="org/late", iid="i2"))
+    r = await gw.client.post(CHAT, json=chat(model="org/late"))
+    assert r.status_code == 200, r.text
+    assert gw.view.model("org/late") == late  # now in the view: no registry read next time
+    r = await gw.client.post(CHAT, json=chat(model="org/absent"))
+    assert (r.status_code, r.json()["error"]["code"]) == (404, "model_not_found")
+
+
+def in_state(state: str, iid: str = "i1") -> InstanceRecord:
+    return msgspec.structs.replace(ready_instance(iid=iid), state=state)
+
+
+@asynccontextmanager
+async def mid_stream(stream: bool) -> AsyncIterator[tuple[Gateway, asyncio.Task[httpx.Response]]]:
+    """A request whose instance "i1" accepted it and sent one token, then went quiet."""
+    async with gateway(replace(SETTINGS, token_idle_timeout_s=5.0)) as g:
+        g.jobs.script = lambda job: [JobAccepted(instance_id="i1"), TokenChunk(text="par")]
+        task = asyncio.create_task(g.client.post(CHAT, json=chat(stream=stream)))
+        async with asyncio.timeout(3):
+            while await g.metric("migserve_gateway_ttft_seconds_count") < 1:
+                await asyncio.sleep(0.01)
+        yield g, task
+
+
+@pytest.mark.parametrize("state", ["failed", "stopped", None])
+async def test_a_lost_instance_ends_its_started_streams(state: str | None) -> None:
+    async with mid_stream(stream=True) as (g, task):
+        if state is None:
+            g.view.drop_instance("i1")  # the record vanished
+        else:
+            g.view.put_instance("i1", in_state(state))
+        r = await task
+        events = sse(r.text)
+        assert events[0]["choices"][0]["delta"]["content"] == "par"
+        assert events[-2]["error"]["code"] == "engine_failed"
+        assert "instance i1 failed" in events[-2]["error"]["message"]
+        assert events[-1] == "[DONE]"
+        assert await g.metric("migserve_gateway_instance_lost_total") == 1
+        assert g.jobs.cancels == []  # ended by its error: nothing to cancel
+
+
+async def test_a_lost_instance_fails_a_collected_answer_with_502() -> None:
+    async with mid_stream(stream=False) as (g, task):
+        g.view.put_instance("i9", in_state("failed", "i9"))  # another
+        g.view.put_instance("i1", in_state("draining"))  # still serving
+        await asyncio.sleep(0.05)
+        assert not task.done()
+        g.view.put_instance("i1", in_state("failed"))
+        r = await task
+        assert (r.status_code, r.json()["error"]["code"]) == (502, "engine_failed")
+
+
+async def test_a_lost_instance_before_the_first_token_leaves_the_job_queued(gw: Gateway) -> None:
+    gw.jobs.script = lambda job: [JobAccepted(instance_id="i1")]
+    task = asyncio.create_task(gw.client.post(CHAT, json=chat()))
+    async with asyncio.timeout(2):
+        while not gw.jobs.jobs:
+            await asyncio.sleep(0.005)
+    await asyncio.sleep(0.02)
+    gw.view.put_instance("i1", in_state("failed"))
+    # JetStream redelivers the unacked job to another instance, which answers in full
+    gw.jobs.reply(gw.jobs.jobs[0], *tokens("from", " i2")(gw.jobs.jobs[0]))
+    r = await task
+    assert r.json()["choices"][0]["message"]["content"] == "from i2"
+
+
+async def test_inference_routes_take_the_fast_path_and_stay_documented(gw: Gateway) -> None:
+    r = await gw.client.post(CHAT, json=chat())
+    assert r.status_code == 200
+    r = await gw.client.post(CHAT, content=b"{nope", headers={"content-type": "application/json"})
+    assert (r.status_code, r.json()["error"]["code"]) == (400, "malformed_json")
+    assert (await gw.client.get(CHAT)).status_code == 405  # other methods: FastAPI as before
+    assert (
+        await gw.metric("migserve_gateway_requests_total", route=CHAT, model=MODEL, status="200")
+        == 1
+    )
+    paths = (await gw.client.get("/openapi.json")).json()["paths"]
+    assert {CHAT, "/v1/completions", "/generate", "/generate_stream"} <= paths.keys()
+
+
+def test_the_fast_path_covers_every_inference_route() -> None:
+    view = LiveView()
+    app = create_app(SETTINGS, Backend(jobs=FakeJobs(), registry=FakeRegistry(view), view=view))
+    [fast] = [m for m in app.user_middleware if getattr(m.cls, "__name__", "") == "FastRoutes"]
+    routes = fast.kwargs["routes"]
+    assert isinstance(routes, dict) and set(routes) == HOT_PATHS

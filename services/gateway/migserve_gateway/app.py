@@ -16,6 +16,7 @@ from migserve_gateway.adapters.backend import Backend
 from migserve_gateway.api import admin, chat, completions, models, ops, tgi
 from migserve_gateway.api.auth import AuthMiddleware
 from migserve_gateway.api.errors import install_error_handlers
+from migserve_gateway.api.fastpath import FastRoutes, hot_routes
 from migserve_gateway.api.middleware import RequestContextMiddleware
 from migserve_gateway.api.state import GatewayState, LifespanState
 from migserve_gateway.core.auth import AuthKeys
@@ -45,6 +46,8 @@ def build_state(
             timeouts=timeouts,
             metrics=metrics,
             admission=settings.admission,
+            holds=settings.holds,
+            rates=settings.rates,
         ),
         metrics=metrics,
     )
@@ -75,9 +78,12 @@ def create_app(
         summary="OpenAI-compatible inference on MIG slices, and the model registry",
         lifespan=lifespan,
     )
-    for module in (chat, completions, tgi, models, admin, ops):
-        app.include_router(module.router)
+    routers = [module.router for module in (chat, completions, tgi, models, admin, ops)]
+    for router in routers:
+        app.include_router(router)
     install_error_handlers(app, metrics)
+    hot = hot_routes(route for router in routers for route in router.routes)
+    app.add_middleware(FastRoutes, routes=hot, metrics=metrics)  # innermost
     app.add_middleware(AuthMiddleware, keys=auth, metrics=metrics)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)  # outermost
     return app

@@ -70,6 +70,28 @@ class GatewayMetrics:
             "Jobs re-published after a retryable error before their first token",
             registry=r,
         )
+        self.refused = Counter(
+            "migserve_gateway_refused",
+            "Requests refused before dispatch by a limit (in flight, per-key concurrency or "
+            "rate, cold-start queue), by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.cold_held = Gauge(
+            "migserve_gateway_cold_held",
+            "Requests held for a model without a ready instance",
+            registry=r,
+        )
+        self.instance_lost = Counter(
+            "migserve_gateway_instance_lost",
+            "Streams ended because their instance failed or vanished after the first token",
+            registry=r,
+        )
+        self.replies_lost = Counter(
+            "migserve_gateway_replies_lost",
+            "Answers ended with an error because token replies were lost in transit",
+            registry=r,
+        )
         self.cancels = Counter(
             "migserve_gateway_job_cancels",
             "Cancels published for jobs (client gone, timeout, stalled stream)",

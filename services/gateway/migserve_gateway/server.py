@@ -48,15 +48,28 @@ class _Server(uvicorn.Server):
             self._on_started()
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """The listening socket (port 0: a free one); ConfigError names the address."""
+def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """The listening socket (port 0: a free one); ConfigError names the address.
+
+    ``reuse_port`` sets SO_REUSEPORT: gateways on one host share the port, the
+    kernel spreads new connections over them, and one that stops (closing its
+    listener first) leaves the others accepting.
+    """
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family, kind, proto, _, addr = infos[0]
         sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen on MIGSERVE_GATEWAY_HOST={host!r} MIGSERVE_GATEWAY_PORT={port}: {exc}"
+        ) from exc
+    try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(addr)
     except OSError as exc:
+        sock.close()
         raise ConfigError(
             f"cannot listen on MIGSERVE_GATEWAY_HOST={host!r} MIGSERVE_GATEWAY_PORT={port}: {exc}"
         ) from exc
@@ -72,7 +85,7 @@ async def run_gateway(
     auth = load_auth_keys(
         settings.api_keys_file, settings.admin_key_file, disabled=settings.auth_disabled
     )
-    sock = bind(settings.host, settings.port)
+    sock = bind(settings.host, settings.port, reuse_port=settings.reuse_port)
     port = int(sock.getsockname()[1])
     async with AsyncExitStack() as stack:
         stack.callback(sock.close)

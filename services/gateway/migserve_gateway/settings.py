@@ -5,6 +5,7 @@
 | MIGSERVE_GATEWAY_HOST | 127.0.0.1 | listen address |
 | MIGSERVE_GATEWAY_PORT | 8080 | listen port; 0 picks a free one (printed as a JSON line) |
 | MIGSERVE_GATEWAY_ID | <hostname>-<pid> | this replica's id (event source, NATS name) |
+| MIGSERVE_GATEWAY_REUSE_PORT | false | true: SO_REUSEPORT (gateways share one port) |
 | MIGSERVE_COLD_START_TIMEOUT_S | 120 | how long a request is held while no instance is ready |
 | MIGSERVE_QUEUE_TIMEOUT_S | 30 | how long a request waits for a busy ready instance |
 | MIGSERVE_TOKEN_IDLE_TIMEOUT_S | 60 | longest silence between two replies of a running job |
@@ -16,6 +17,10 @@
 | MIGSERVE_MAX_PROMPT_CHARS | 131072 | longest prompt, in characters (400 above) |
 | MIGSERVE_MAX_IN_FLIGHT | 1024 | requests in flight in this gateway (503 + Retry-After above) |
 | MIGSERVE_MAX_CONCURRENT_PER_KEY | 64 | requests in flight per API key (429 + Retry-After above) |
+| MIGSERVE_RATE_LIMIT_PER_KEY | 0 (off) | requests a second per API key (429 + Retry-After above) |
+| MIGSERVE_RATE_BURST_PER_KEY | 0 (= rate, >= 1) | requests a key may start at once |
+| MIGSERVE_MAX_HELD_PER_MODEL | 256 | requests waiting for one model's first instance (503 above) |
+| MIGSERVE_MAX_HELD | 1024 | requests waiting for any model's first instance (503 above) |
 | MIGSERVE_TGI_MODEL | (the only model) | the model the TGI API (/generate, /info) serves |
 | MIGSERVE_API_KEYS_FILE | (required) | inference API keys, one a line, # comments |
 | MIGSERVE_ADMIN_KEY_FILE | (required) | the admin key (admin API), one line |
@@ -35,6 +40,8 @@ from migserve_shared.errors import ConfigError
 
 from migserve_gateway.core.admission import AdmissionLimits
 from migserve_gateway.core.chat import RequestLimits
+from migserve_gateway.core.holding import HoldLimits
+from migserve_gateway.core.ratelimit import RateLimits
 
 MIB = 1 << 20
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -48,6 +55,7 @@ class GatewaySettings:
     nats: NatsSettings = field(default_factory=NatsSettings)
     host: str = "127.0.0.1"
     port: int = 8080
+    reuse_port: bool = False
     cold_start_timeout_s: float = 120.0
     queue_timeout_s: float = 30.0
     token_idle_timeout_s: float = 60.0
@@ -57,6 +65,10 @@ class GatewaySettings:
     max_prompt_chars: int = 131072
     max_in_flight: int = 1024
     max_concurrent_per_key: int = 64
+    rate_limit_per_key: float = 0.0
+    rate_burst_per_key: float = 0.0
+    max_held_per_model: int = 256
+    max_held: int = 1024
     tgi_model: str | None = None
     demand_interval_s: float = 2.0
     shutdown_grace_s: float = 30.0
@@ -80,6 +92,14 @@ class GatewaySettings:
         return AdmissionLimits(
             max_in_flight=self.max_in_flight, max_per_key=self.max_concurrent_per_key
         )
+
+    @property
+    def holds(self) -> HoldLimits:
+        return HoldLimits(max_per_model=self.max_held_per_model, max_total=self.max_held)
+
+    @property
+    def rates(self) -> RateLimits:
+        return RateLimits(rate_per_s=self.rate_limit_per_key, burst=self.rate_burst_per_key)
 
 
 def default_gateway_id() -> str:
@@ -109,6 +129,7 @@ def settings_from_env(env: Mapping[str, str]) -> GatewaySettings:
         nats=nats_settings(e, f"migserve-gateway-{gateway_id}"),
         host=e.text("MIGSERVE_GATEWAY_HOST", "127.0.0.1"),
         port=e.integer("MIGSERVE_GATEWAY_PORT", 8080, min=0, max=65535),
+        reuse_port=e.flag("MIGSERVE_GATEWAY_REUSE_PORT", False),
         cold_start_timeout_s=e.number("MIGSERVE_COLD_START_TIMEOUT_S", 120.0, min=0.01),
         queue_timeout_s=e.number("MIGSERVE_QUEUE_TIMEOUT_S", 30.0, min=0.01),
         token_idle_timeout_s=e.number("MIGSERVE_TOKEN_IDLE_TIMEOUT_S", 60.0, min=0.01),
@@ -118,6 +139,10 @@ def settings_from_env(env: Mapping[str, str]) -> GatewaySettings:
         max_prompt_chars=e.integer("MIGSERVE_MAX_PROMPT_CHARS", 131072, min=1),
         max_in_flight=e.integer("MIGSERVE_MAX_IN_FLIGHT", 1024, min=1),
         max_concurrent_per_key=e.integer("MIGSERVE_MAX_CONCURRENT_PER_KEY", 64, min=1),
+        rate_limit_per_key=e.number("MIGSERVE_RATE_LIMIT_PER_KEY", 0.0, min=0.0),
+        rate_burst_per_key=e.number("MIGSERVE_RATE_BURST_PER_KEY", 0.0, min=0.0),
+        max_held_per_model=e.integer("MIGSERVE_MAX_HELD_PER_MODEL", 256, min=1),
+        max_held=e.integer("MIGSERVE_MAX_HELD", 1024, min=1),
         demand_interval_s=e.number("MIGSERVE_DEMAND_INTERVAL_S", 2.0, min=0.01),
         shutdown_grace_s=e.number("MIGSERVE_SHUTDOWN_GRACE_S", 30.0, min=0.0),
         log_format=e.choice("MIGSERVE_LOG_FORMAT", "json", ("json", "text")),

@@ -43,23 +43,25 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return f"Invalid value for {param or 'the request'}: {first.get('msg', 'invalid')}", param
 
 
+def answer_error(method: str, path: str, err: ApiError, metrics: GatewayMetrics) -> Response:
+    """The response for ``err``; a client error is counted by reason and logged at INFO."""
+    if err.status < 500:
+        metrics.bad_requests.labels(reason=err.reason).inc()
+        log.info("%s %s -> %d %s: %s", method, path, err.status, err.reason, err.message)
+    else:
+        log.warning("%s %s -> %d: %s", method, path, err.status, err.message)
+    return error_response(err, tgi=path in TGI_PATHS)
+
+
+def unexpected_error(method: str, path: str) -> Response:
+    """A 500 for a bug: the traceback goes to the log (call from an except block)."""
+    log.exception("unexpected error on %s %s", method, path)
+    return error_response(ApiError(500, "internal error; see the gateway log", reason="internal"))
+
+
 def install_error_handlers(app: FastAPI, metrics: GatewayMetrics) -> None:
     def answer(request: Request, err: ApiError) -> Response:
-        if err.status < 500:
-            metrics.bad_requests.labels(reason=err.reason).inc()
-            log.info(
-                "%s %s -> %d %s: %s",
-                request.method,
-                request.url.path,
-                err.status,
-                err.reason,
-                err.message,
-            )
-        else:
-            log.warning(
-                "%s %s -> %d: %s", request.method, request.url.path, err.status, err.message
-            )
-        return error_response(err, tgi=request.url.path in TGI_PATHS)
+        return answer_error(request.method, request.url.path, err, metrics)
 
     async def on_api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
@@ -87,9 +89,7 @@ def install_error_handlers(app: FastAPI, metrics: GatewayMetrics) -> None:
         return answer(request, ApiError(400, message, reason="invalid_param", param=param))
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        err = ApiError(500, "internal error; see the gateway log", reason="internal")
-        return error_response(err)
+        return unexpected_error(request.method, request.url.path)
 
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(HTTPException, on_http_error)

@@ -17,8 +17,15 @@ from migserve_shared.messages import JobEnd, TokenChunk
 from starlette.requests import Request
 from starlette.responses import Response
 
+from migserve_gateway.adapters.registry import RegistryUnavailableError
 from migserve_gateway.api.sse import DisconnectWatch, JobStreamResponse, StreamRenderer
-from migserve_gateway.api.state import SCOPE_CALLER, SCOPE_CONTEXT, SCOPE_MODEL, gateway_state
+from migserve_gateway.api.state import (
+    SCOPE_CALLER,
+    SCOPE_CONTEXT,
+    SCOPE_MODEL,
+    GatewayState,
+    gateway_state,
+)
 from migserve_gateway.core.auth import ANONYMOUS
 from migserve_gateway.core.chat import ChatCall
 from migserve_gateway.core.errors import from_job_error, model_not_found
@@ -29,6 +36,25 @@ log = logging.getLogger(__name__)
 
 #: nginx's "client closed request": counted, never seen by the client
 CLIENT_CLOSED = 499
+
+
+async def _registered_after_all(gw: GatewayState, model: str) -> bool:
+    """Read the registry itself when the view lacks ``model``.
+
+    The view follows the models bucket a few milliseconds behind, so a model
+    registered just before (through another gateway, or while this one
+    started) may be missing from it; a registry hit goes into the view.
+    """
+    try:
+        spec = await gw.registry.get(model)
+    except RegistryUnavailableError as exc:
+        log.warning("model %s is not in the view and the registry is unavailable: %s", model, exc)
+        return False
+    if spec is None:
+        return False
+    log.info("model %s was missing from the view; found in the registry", model)
+    gw.view.put_model(spec)
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +94,7 @@ async def serve_call(
     """Dispatch ``call`` and answer with a stream or a whole body."""
     started = time.perf_counter() if started is None else started
     gw = gateway_state(request)
-    if gw.view.model(call.model) is None:
+    if gw.view.model(call.model) is None and not await _registered_after_all(gw, call.model):
         raise model_not_found(call.model)
     request.scope[SCOPE_MODEL] = call.model
     ctx: RequestContext = request.scope[SCOPE_CONTEXT]

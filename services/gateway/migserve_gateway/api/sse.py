@@ -5,7 +5,8 @@
 (which then cancels itself). ``JobStreamResponse`` writes the chunks: tokens
 as ``chat.completion.chunk`` lines, the end marker as the final chunk
 (+ usage when asked) and ``[DONE]``, an error after the first token as an
-``error`` event.
+``error`` event (then ``[DONE]``, except on TGI's routes). Every reply that
+has already arrived when a write is due goes out in that one write.
 """
 
 from __future__ import annotations
@@ -94,35 +95,40 @@ class JobStreamResponse(Response):
 
     async def _stream(self, send: Send) -> None:
         run, render = self._run, self._renderer
-        reply: TokenChunk | JobEnd | JobError = self._first
+        reply: TokenChunk | JobEnd | JobError | None = self._first
         tokens = 0
         first = True
+        body: list[bytes] = []
         try:
             while True:
                 if isinstance(reply, TokenChunk):
                     tokens += 1
-                    body = render.token(reply.text, first=first)
+                    body.append(render.token(reply.text, first=first))
                     first = False
                 elif isinstance(reply, JobEnd):
-                    body = b""
                     if first:
-                        body = render.token("", first=True)
+                        body.append(render.token("", first=True))
                     used = usage(reply.prompt_tokens, reply.completion_tokens or tokens)
-                    body += render.end(reply.finish_reason, used)
-                    await send({"type": "http.response.body", "body": body, "more_body": False})
+                    body.append(render.end(reply.finish_reason, used))
+                    await send({"type": "http.response.body", "body": b"".join(body)})
                     return
-                else:
+                elif reply is not None:
                     err = from_job_error(reply.code, reply.message, run.model)
-                    await self._fail(send, err)
+                    await self._fail(send, err, b"".join(body))
                     return
-                await send({"type": "http.response.body", "body": body, "more_body": True})
-                reply = await run.next_reply()
+                # every reply that already arrived goes out in the same write
+                reply = run.next_ready()
+                if reply is None:
+                    chunk = b"".join(body)
+                    body.clear()
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    reply = await run.next_reply()
         except ClientGoneError:
             log.info("client left during the stream of job %s", run.job.job_id)
         except ApiError as err:
-            await self._fail(send, err)
+            await self._fail(send, err, b"".join(body))
 
-    async def _fail(self, send: Send, err: ApiError) -> None:
+    async def _fail(self, send: Send, err: ApiError, before: bytes = b"") -> None:
         log.warning("stream of job %s ended with an error: %s", self._run.job.job_id, err.message)
-        body = self._renderer.error(err)
+        body = before + self._renderer.error(err)
         await send({"type": "http.response.body", "body": body, "more_body": False})

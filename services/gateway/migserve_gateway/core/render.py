@@ -104,8 +104,11 @@ class ChunkRenderer:
 
     @staticmethod
     def error(err: ApiError) -> bytes:
-        """An error event that ends a stream that already sent tokens."""
-        return b"data: " + error_body(err) + b"\n\n"
+        """An error event that ends a stream that already sent tokens, then [DONE]
+
+        (as vLLM does: OpenAI's clients raise on the error object and stop at [DONE]).
+        """
+        return b"data: " + error_body(err) + b"\n\n" + DONE
 
 
 class _ModelCard(msgspec.Struct, frozen=True):

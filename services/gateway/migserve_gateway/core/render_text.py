@@ -72,7 +72,8 @@ class TextChunkRenderer:
 
     @staticmethod
     def error(err: ApiError) -> bytes:
-        return b"data: " + error_body(err) + b"\n\n"
+        """An error event, then [DONE] (as ``ChunkRenderer.error``)."""
+        return b"data: " + error_body(err) + b"\n\n" + DONE
 
 
 # --- TGI -------------------------------------------------------------------------------------

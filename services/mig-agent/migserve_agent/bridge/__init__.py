@@ -11,7 +11,9 @@ Modules, one responsibility each:
 - ``sse`` and ``dialect``: pure wire formats (engine requests, SSE parsing)
 - ``policy``: pure decisions (retry or give up, expiry, finish reasons)
 - ``running``: the jobs in hand and the cancels seen recently
+- ``http1``: a small keep-alive HTTP/1.1 client (one write per request)
 - ``engine``: the HTTP adapter to the engine; ``gate``: is the engine ready
+- ``slots``: one long-lived pull per free slot, cut short when the gate closes
 - ``metrics`` and ``http``: Prometheus series and their tiny HTTP server
 - ``jobs``: handling one job message; ``app``: the wiring; ``__main__``: the process
 """

@@ -1,17 +1,15 @@
 """The bridge wired together: NATS, the engine, the slots, cancels, metrics, drain.
 
-One slot loop per engine slot, each with its own pull subscription bound to
-the model's shared durable consumer, doing ``fetch(1)`` then handling the job:
-a bridge holds exactly as many outstanding pulls as it has free slots, so
-JetStream hands jobs only to instances with room (load-aware dispatch).
-Slots pull only while the engine gate is open (the engine answers its health
-check).
+One slot loop per engine slot (``slots``), each keeping one long-lived pull on
+the model's shared durable consumer while the engine gate is open: a bridge
+holds exactly as many outstanding pulls as it has free slots, so JetStream
+hands jobs only to instances with room (load-aware dispatch). When the gate
+closes (the engine failed its health check) the idle pulls are cut short.
 
-Stopping (the ``stop`` event): the slots stop pulling (an in-flight pull ends
-within ``fetch_timeout_s``; a job it brings is handed back), the jobs in hand
-finish for up to ``drain_timeout_s``, then the rest are cut off (handed back
-if no token was sent, else ended with a retryable DRAINING error), and NATS
-drains.
+Stopping (the ``stop`` event): the idle slots' pulls end at once (a job that
+reached one regardless is handed back), the jobs in hand finish for up to
+``drain_timeout_s``, then the rest are cut off (handed back if no token was
+sent, else ended with a retryable DRAINING error), and NATS drains.
 """
 
 from __future__ import annotations
@@ -27,16 +25,16 @@ from migserve_shared import subjects
 from migserve_shared.bus import connect, drain_quietly, ensure_jetstream, ensure_jobs_consumer
 from migserve_shared.logs import log_context
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 
 from migserve_agent.bridge.dialect import dialect_for
-from migserve_agent.bridge.engine import EngineClient, new_http_client
+from migserve_agent.bridge.engine import EngineClient, new_http_pool
 from migserve_agent.bridge.gate import EngineGate
 from migserve_agent.bridge.http import MetricsServer, create_app
 from migserve_agent.bridge.jobs import JobHandler
 from migserve_agent.bridge.metrics import BridgeMetrics
 from migserve_agent.bridge.running import RecentCancels, RunningJobs
 from migserve_agent.bridge.settings import BridgeSettings
+from migserve_agent.bridge.slots import Slots
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +60,7 @@ class Bridge:
         self.running = RunningJobs()
         self._cancels = RecentCancels(ttl_s=settings.cancel_memory_s, limit=_CANCEL_MEMORY_LIMIT)
         self._gate: EngineGate | None = None
+        self._slots: Slots | None = None
         self._draining = False
         #: the port /metrics is served on, once it is
         self.metrics_port: int | None = None
@@ -74,7 +73,8 @@ class Bridge:
         with log_context(model=s.model, instance=s.instance_id):
             async with contextlib.AsyncExitStack() as stack:
                 http = await stack.enter_async_context(
-                    new_http_client(
+                    new_http_pool(
+                        s.engine_base_url,
                         slots=s.slots,
                         connect_timeout_s=s.engine_connect_timeout_s,
                         idle_timeout_s=s.engine_idle_timeout_s,
@@ -87,7 +87,7 @@ class Bridge:
                     probe=engine.healthy,
                     interval_s=s.health_interval_s,
                     max_interval_s=s.health_max_interval_s,
-                    on_change=lambda is_open: self.metrics.engine_ready.set(int(is_open)),
+                    on_change=self._gate_changed,
                 )
                 server = MetricsServer(
                     create_app(metrics=self.metrics, health=self.health),
@@ -105,10 +105,6 @@ class Bridge:
                 await ensure_jetstream(js, replicas=s.nats.js_replicas)
                 durable = await ensure_jobs_consumer(js, s.model, ack_wait=s.ack_wait_s)
                 await nc.subscribe(subjects.CANCEL_WILDCARD, cb=self._on_cancel)
-                pulls = [
-                    await js.pull_subscribe_bind(durable, subjects.JOBS_STREAM)
-                    for _ in range(s.slots)
-                ]
                 await nc.flush()
                 handler = JobHandler(
                     nc=nc,
@@ -119,15 +115,22 @@ class Bridge:
                     cancels=self._cancels,
                     gate=gate,
                 )
+                slots = self._slots = Slots(
+                    js=js,
+                    durable=durable,
+                    handle=handler.handle,
+                    gate=gate,
+                    stop=stop,
+                    fetch_timeout_s=s.fetch_timeout_s,
+                    metrics=self.metrics,
+                )
                 async with asyncio.TaskGroup() as tg:
                     serving = tg.create_task(server.serve(), name="bridge-metrics-http")
                     await server.wait_started(serving)
                     probing = tg.create_task(gate.run(), name="bridge-engine-gate")
-                    slots = [
-                        tg.create_task(
-                            self._slot_loop(i, psub, handler, gate, stop), name=f"bridge-slot-{i}"
-                        )
-                        for i, psub in enumerate(pulls)
+                    loops = [
+                        tg.create_task(slots.run(i), name=f"bridge-slot-{i}")
+                        for i in range(s.slots)
                     ]
                     log.info(
                         "bridge for %s (%s engine at %s, %d slots) ready; metrics on %s:%d",
@@ -140,7 +143,7 @@ class Bridge:
                     )
                     on_ready(server.port)
                     await stop.wait()
-                    await self._drain(slots)
+                    await self._drain(loops)
                     probing.cancel()
                     server.stop()
             log.info("bridge stopped")
@@ -172,53 +175,10 @@ class Bridge:
         log.info("cancel received for job %s", job.job_id)
         job.abort("cancelled")
 
-    async def _slot_loop(
-        self,
-        slot: int,
-        psub: JetStreamContext.PullSubscription,
-        handler: JobHandler,
-        gate: EngineGate,
-        stop: asyncio.Event,
-    ) -> None:
-        fetch_timeout = self.settings.fetch_timeout_s
-        try:
-            while not stop.is_set():
-                if not gate.is_open:
-                    await gate.wait_open(min(fetch_timeout, 0.5))
-                    continue
-                try:
-                    msgs = await psub.fetch(1, timeout=fetch_timeout)
-                except TimeoutError:
-                    continue
-                except Exception as exc:  # connection trouble: the client reconnects
-                    log.warning("slot %d: fetch failed: %r", slot, exc)
-                    await asyncio.sleep(min(fetch_timeout, 1.0))
-                    continue
-                for msg in msgs:
-                    if stop.is_set() or not gate.is_open:
-                        await self._hand_back(msg)
-                        continue
-                    try:
-                        await handler.handle(msg)
-                    except Exception:
-                        log.exception("slot %d: handling a job failed", slot)
-        finally:
-            await self._release(slot, psub)
-
-    async def _hand_back(self, msg: Msg) -> None:
-        """Give a job back untouched, late enough that this bridge's pulls have expired."""
-        with contextlib.suppress(Exception):
-            await msg.nak(delay=self.settings.fetch_timeout_s)
-
-    async def _release(self, slot: int, psub: JetStreamContext.PullSubscription) -> None:
-        """Hand back a job that arrived after the last pull gave up, then unsubscribe."""
-        with contextlib.suppress(Exception):
-            while psub.pending_msgs > 0:
-                for msg in await psub.fetch(1, timeout=0.05):
-                    await self._hand_back(msg)
-        with contextlib.suppress(Exception):
-            await psub.unsubscribe()
-        log.debug("slot %d stopped pulling", slot)
+    def _gate_changed(self, is_open: bool) -> None:
+        self.metrics.engine_ready.set(int(is_open))
+        if not is_open and self._slots is not None:
+            self._slots.interrupt()  # no job should wait in a pull of a failed engine
 
     async def _drain(self, slots: list[asyncio.Task[None]]) -> None:
         s = self.settings
@@ -228,6 +188,8 @@ class Bridge:
             s.drain_timeout_s,
             len(self.running),
         )
+        if self._slots is not None:
+            self._slots.interrupt()  # idle slots: stop pulling now, not when their pulls expire
         _, pending = await asyncio.wait(slots, timeout=s.drain_timeout_s + s.fetch_timeout_s)
         if not pending:
             return

@@ -1,19 +1,25 @@
 """Handle one job message: decode, check, stream it through the engine, reply, settle.
 
 The JetStream message is acknowledged when the first token arrives (or at the
-end when none does): until then, a failure hands the job back (nak) so
-another instance takes it, bounded by ``--max-attempts`` deliveries. After the
+end when none does): until then, a failure hands the job back (nak, offered
+again after ``HAND_BACK_DELAY_S``, once this bridge's own pulls were cut
+short by its closed gate) so another instance takes it, bounded by
+``--max-attempts`` deliveries. After the
 first token, a failure can only end the stream with an error reply.
 
 Replies go to ``job.reply_to`` in order: ``accepted``, ``token``..., then one
-``end`` or ``error``. The token path does only what it must per token: a
-clock read, a histogram observation, one encode and one publish (no flush).
+``end`` or ``error``. The token path does only what it must: per token a
+histogram observation; per read from the engine one clock read, one encode
+and one publish (no flush). The tokens that one read brings (a busy engine or
+bridge falls behind and reads several at once) travel as one ``TokenChunk``
+whose ``index`` is that of its first token.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -48,6 +54,7 @@ from migserve_agent.bridge.policy import (
 )
 from migserve_agent.bridge.running import RecentCancels, RunningJob, RunningJobs
 from migserve_agent.bridge.settings import BridgeSettings
+from migserve_agent.bridge.slots import HAND_BACK_DELAY_S
 from migserve_agent.bridge.sse import Finish, Usage
 
 log = logging.getLogger(__name__)
@@ -140,7 +147,6 @@ class JobHandler:
         self._running.add(run)
         self._metrics.in_flight.inc()
         try:
-            await sender.send(JobAccepted(instance_id=self._instance, node=self._settings.node))
             await self._run(msg, job, run, sender)
         finally:
             self._running.remove(run)
@@ -153,6 +159,8 @@ class JobHandler:
         )
         run.stop = task.cancel
         try:
+            # after the stream task was scheduled, so the engine request goes out first
+            await self._accepted(sender)
             while not task.done():
                 await asyncio.wait((task,), timeout=self._keepalive_s)
                 if not task.done() and not run.settled:
@@ -167,6 +175,12 @@ class JobHandler:
         elif (exc := task.exception()) is not None:
             await self._bridge_failed(msg, job, run, exc)
 
+    async def _accepted(self, sender: ReplySender) -> None:
+        try:
+            await sender.send(JobAccepted(instance_id=self._instance, node=self._settings.node))
+        except Exception as exc:  # the stream may still reach the client: carry on
+            log.warning("could not send the job's acceptance: %s", exc)
+
     async def _bridge_failed(
         self, msg: Msg, job: InferenceJob, run: RunningJob, exc: BaseException
     ) -> None:
@@ -180,7 +194,7 @@ class JobHandler:
             max_attempts=self._settings.max_attempts,
         )
         if action is FailureAction.RETRY and not run.settled:
-            await _settle(msg.nak, "nak")
+            await _settle(functools.partial(msg.nak, delay=HAND_BACK_DELAY_S), "nak")
             self._metrics.job("retried")
             return
         if not run.settled:
@@ -198,7 +212,7 @@ class JobHandler:
     ) -> None:
         metrics = self._metrics
         observe_gap = metrics.inter_token.observe
-        count_token = metrics.tokens.inc
+        count_tokens = metrics.tokens.inc
         send = sender.send
         clock = time.perf_counter
         started = last = clock()
@@ -206,25 +220,34 @@ class JobHandler:
         finish: str | None = None
         usage: Usage | None = None
         try:
-            async with contextlib.aclosing(self._engine.stream(job)) as events:
-                async for event in events:
-                    if type(event) is str:
-                        now = clock()
-                        if index:
-                            observe_gap(now - last)
-                        else:
-                            metrics.ttft.observe(now - started)
-                            await _settle(msg.ack, "ack")
-                            run.settled = True
-                        last = now
-                        await send(TokenChunk(text=event, index=index))
-                        index += 1
-                        run.tokens = index
-                        count_token()
-                    elif type(event) is Finish:
-                        finish = event.reason
-                    elif type(event) is Usage:
-                        usage = event
+            async with contextlib.aclosing(self._engine.stream_batches(job)) as batches:
+                async for batch in batches:
+                    # the tokens of one read go out as one reply: no wait is added, and a
+                    # busy bridge sends fewer, larger messages instead of falling behind
+                    texts: list[str] = []
+                    now = clock()
+                    for event in batch:
+                        if type(event) is str:
+                            if index or texts:
+                                observe_gap(now - last)
+                            else:
+                                metrics.ttft.observe(now - started)
+                            last = now
+                            texts.append(event)
+                        elif type(event) is Finish:
+                            finish = event.reason
+                        elif type(event) is Usage:
+                            usage = event
+                    if not texts:
+                        continue
+                    if not run.settled:
+                        await _settle(msg.ack, "ack")
+                        run.settled = True
+                    text = texts[0] if len(texts) == 1 else "".join(texts)
+                    await send(TokenChunk(text=text, index=index, count=len(texts)))
+                    index += len(texts)
+                    run.tokens = index
+                    count_tokens(len(texts))
         except EngineError as exc:
             await self._engine_failed(msg, run, sender, exc)
             return
@@ -239,6 +262,7 @@ class JobHandler:
                 prompt_tokens=usage.prompt_tokens if usage is not None else 0,
                 completion_tokens=usage.completion_tokens if usage is not None else index,
                 instance_id=self._instance,
+                tokens_sent=index,
             )
         )
 
@@ -261,7 +285,7 @@ class JobHandler:
                 self._settings.max_attempts,
                 exc,
             )
-            await _settle(msg.nak, "nak")
+            await _settle(functools.partial(msg.nak, delay=HAND_BACK_DELAY_S), "nak")
             run.settled = True
             self._metrics.job("retried")
             return
@@ -293,7 +317,7 @@ class JobHandler:
             await sender.send(reply)
             return
         if run.tokens == 0 and not run.settled:  # draining, nothing sent: another instance takes it
-            await _settle(msg.nak, "nak")
+            await _settle(functools.partial(msg.nak, delay=HAND_BACK_DELAY_S), "nak")
             self._metrics.job("retried")
             log.info("bridge draining: job handed back before its first token")
             return

@@ -61,7 +61,7 @@ class BridgeSettings:
     log_level: str = "INFO"
     # Tunables without a flag (tests change them) -----------------------------------
     #: each slot's pull request lasts this long before it is renewed (s)
-    fetch_timeout_s: float = 1.0
+    fetch_timeout_s: float = 5.0
     #: the engine must send something at least this often once a stream started (s)
     engine_idle_timeout_s: float = 300.0
     engine_connect_timeout_s: float = 5.0
