@@ -12,8 +12,9 @@ from migserve_shared.messages import ModelSpec
 DEFAULT_MODEL_FILE = Path(__file__).resolve().parents[2] / "models" / "default.yaml"
 
 
-def load_models(path: Path, *, engine: str | None = None) -> list[ModelSpec]:
-    """Read ``models: [...]`` from ``path``; ``engine`` overrides every entry's engine."""
+def read_model_entries(path: Path) -> list[dict[str, object]]:
+    """The mappings under ``models:`` in the YAML file ``path`` (ConfigError naming
+    the file and entry for anything else)."""
     try:
         doc = yaml.safe_load(path.read_text())
     except OSError as exc:
@@ -22,10 +23,18 @@ def load_models(path: Path, *, engine: str | None = None) -> list[ModelSpec]:
         raise ConfigError(f"model file {path} is not valid YAML: {exc}") from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("models"), list) or not doc["models"]:
         raise ConfigError(f"model file {path} must have a non-empty list under 'models'")
-    specs: list[ModelSpec] = []
+    entries: list[dict[str, object]] = []
     for i, entry in enumerate(doc["models"]):
         if not isinstance(entry, dict):
             raise ConfigError(f"{path}: models[{i}] is not a mapping")
+        entries.append(dict(entry))
+    return entries
+
+
+def load_models(path: Path, *, engine: str | None = None) -> list[ModelSpec]:
+    """Read ``models: [...]`` from ``path``; ``engine`` overrides every entry's engine."""
+    specs: list[ModelSpec] = []
+    for i, entry in enumerate(read_model_entries(path)):
         if engine is not None:
             entry = {**entry, "engine": engine}
         try:

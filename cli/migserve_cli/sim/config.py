@@ -16,12 +16,13 @@ from functools import cache
 from pathlib import Path
 
 import msgspec
-import yaml
 from migserve_agent.engines.registry import default_registry
 from migserve_agent.sim_engine.perf import PerfModel
 from migserve_shared import mig
 from migserve_shared.errors import ConfigError, MigserveError
 from migserve_shared.messages import ModelSpec
+
+from migserve_cli.model_file import read_model_entries
 
 DEFAULT_GPU_MODEL = "A100-SXM4-40GB"
 
@@ -77,19 +78,8 @@ def default_models(count: int = 4, *, slo_ms: float | None = None) -> list[SimMo
 
 def load_models_file(path: Path, *, slo_ms: float | None = None) -> list[SimModel]:
     """``models: [...]`` of ModelSpec fields plus an optional ``weights_scale`` each."""
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read model file {path}: {exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"model file {path} is not valid YAML: {exc}") from exc
-    if not isinstance(doc, dict) or not isinstance(doc.get("models"), list) or not doc["models"]:
-        raise ConfigError(f"model file {path} must have a non-empty list under 'models'")
     out: list[SimModel] = []
-    for i, entry in enumerate(doc["models"]):
-        if not isinstance(entry, dict):
-            raise ConfigError(f"{path}: models[{i}] is not a mapping")
-        entry = dict(entry)
+    for i, entry in enumerate(read_model_entries(path)):
         scale = entry.pop("weights_scale", 1.0)
         if isinstance(scale, bool) or not isinstance(scale, int | float) or not scale > 0:
             raise ConfigError(f"{path}: models[{i}].weights_scale must be a number > 0")
