@@ -45,7 +45,10 @@ async def test_sigterm_finishes_the_job_in_hand_takes_no_new_one_and_exits_0(
     async with serve_app(sim) as url, client(nc) as c:
         args = ["--model", MODEL, "--instance-id", "drain-1", "--node", "node-1",
                 "--engine-url", url, "--engine-kind", "sim", "--slots", "2",
-                "--metrics-port", "0", "--drain-timeout-s", "10"]  # fmt: skip
+                "--metrics-port", "0", "--drain-timeout-s", "10",
+                # a pull that ends at the moment the late job reaches it leaves the job
+                # delivered to no one until the ack wait: keep that wait short here
+                "--ack-wait-s", "2"]  # fmt: skip
         env = {**os.environ, "MIGSERVE_NATS_URL": nats_server.url, "MIGSERVE_LOG_FORMAT": "text"}
         with stderr_path.open("wb") as stderr:
             proc = await asyncio.create_subprocess_exec(
@@ -85,7 +88,7 @@ async def test_sigterm_finishes_the_job_in_hand_takes_no_new_one_and_exits_0(
 
         durable = subjects.jobs_consumer(MODEL)
         psub = await nc.jetstream().pull_subscribe_bind(durable, subjects.JOBS_STREAM)
-        [msg] = await psub.fetch(1, timeout=5)
+        [msg] = await psub.fetch(1, timeout=10)
         assert decode_job(msg.data).job_id == late.job_id
         await msg.ack()
         await psub.unsubscribe()

@@ -106,7 +106,11 @@ async def test_completion_job_is_mapped_to_the_engine_request(
         replies = await collect(queue)
     assert "".join(texts(replies)) == "t0 t1 t2 "
     assert replies[-1] == JobEnd(
-        finish_reason="length", prompt_tokens=11, completion_tokens=3, instance_id="inst-a"
+        finish_reason="length",
+        prompt_tokens=11,
+        completion_tokens=3,
+        instance_id="inst-a",
+        tokens_sent=3,
     )
     assert engine.bodies == [
         {

@@ -70,7 +70,11 @@ async def test_a_failed_engine_s_pulls_end_so_the_next_job_goes_elsewhere_at_onc
         ):
             replies = await collect(first, within_s=5)
             assert replies[-1] == JobEnd(
-                finish_reason="length", prompt_tokens=11, completion_tokens=3, instance_id="up"
+                finish_reason="length",
+                prompt_tokens=11,
+                completion_tokens=3,
+                instance_id="up",
+                tokens_sent=3,
             )
             started = time.monotonic()
             _, second = await c.submit()
