@@ -121,6 +121,17 @@ async def mark_failed(nc: NATS, iid: str) -> None:
     await buckets.instances.put(subjects.instance_key(iid), encode(record))
 
 
+@contextlib.asynccontextmanager
+async def gateway_client(nats_server: NatsServer, nc: NATS) -> AsyncIterator[httpx.AsyncClient]:
+    """Two ready instances registered, a gateway running, and an HTTP client to it."""
+    await setup(nc)
+    async with (
+        running_gateway(nats_server) as url,
+        httpx.AsyncClient(base_url=url, timeout=20) as http,
+    ):
+        yield http
+
+
 def assert_whole_answer(response: httpx.Response) -> None:
     assert response.status_code == 200, response.text
     body = response.json()
@@ -136,10 +147,8 @@ Death = Literal["engine killed", "bridge stopped", "bridge killed"]
 async def test_death_before_the_first_token_is_retried_on_the_other_instance(
     nats_server: NatsServer, nc: NATS, death: Death
 ) -> None:
-    await setup(nc)
     async with (
-        running_gateway(nats_server) as url,
-        httpx.AsyncClient(base_url=url, timeout=20) as http,
+        gateway_client(nats_server, nc) as http,
         sim_engine(*SLOW_START) as (url_a, engine_a),
         sim_engine(*FAST) as (url_b, _),
         contextlib.AsyncExitStack() as stack,
@@ -164,10 +173,8 @@ async def test_death_before_the_first_token_is_retried_on_the_other_instance(
 async def test_a_killed_bridge_s_job_is_redelivered_after_the_ack_wait(
     nats_server: NatsServer, nc: NATS
 ) -> None:
-    await setup(nc)
     async with (
-        running_gateway(nats_server) as url,
-        httpx.AsyncClient(base_url=url, timeout=20) as http,
+        gateway_client(nats_server, nc) as http,
         sim_engine(*SLOW_START) as (url_a, _),
         sim_engine(*FAST) as (url_b, _),
         bridge_process(nats_server.url, url_a, "a") as bridge_a,
@@ -230,10 +237,8 @@ AFTER_FIRST: list[tuple[Death, str, int]] = [
 async def test_death_after_the_first_token_ends_the_stream_with_an_error(
     nats_server: NatsServer, nc: NATS, death: Death, code: str
 ) -> None:
-    await setup(nc)
     async with (
-        running_gateway(nats_server) as url,
-        httpx.AsyncClient(base_url=url, timeout=20) as http,
+        gateway_client(nats_server, nc) as http,
         sim_engine(*SLOW_TOKENS) as (url_a, engine_a),
         instance_a(death, nats_server.url, url_a) as bridge_a,
     ):
@@ -260,10 +265,8 @@ async def test_death_after_the_first_token_ends_the_stream_with_an_error(
 async def test_death_after_the_first_token_fails_a_whole_answer(
     nats_server: NatsServer, nc: NATS, death: Death, code: str, status: int
 ) -> None:
-    await setup(nc)
     async with (
-        running_gateway(nats_server) as url,
-        httpx.AsyncClient(base_url=url, timeout=20) as http,
+        gateway_client(nats_server, nc) as http,
         sim_engine(*SLOW_TOKENS) as (url_a, engine_a),
         instance_a(death, nats_server.url, url_a) as bridge_a,
     ):
