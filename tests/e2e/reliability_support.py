@@ -13,7 +13,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -404,3 +404,36 @@ async def events_between(
 ) -> list[Event]:
     """The events published between ``start`` and ``end`` (wall clock), of ``kinds`` if given."""
     return await read_events(nats_url, start=start, end=end, kinds=kinds)
+
+
+def stack_home(stack: local_stack.StackFile) -> Path:
+    return Path(stack.home)
+
+
+def up_leaving_nothing(opts: local_stack.StackOptions) -> Iterator[local_stack.StackFile]:
+    """The body of a module-scoped stack fixture: ``up``; on teardown ``down`` leaves nothing."""
+    lines: list[str] = []
+    try:
+        yield local_stack.up(opts, lines.append)
+    finally:
+        problems = down_leaves_nothing(opts.home)
+        assert problems == [], problems
+
+
+async def warm(stack: local_stack.StackFile, model: str) -> None:
+    """A first request cold-starts ``model``; the test starts from a ready instance."""
+    report = await run_load(stack.gateway_url, model, concurrency=1, duration_s=0.1, max_tokens=4)
+    assert report.failed == 0, describe(report)
+    await wait_ready_instance(stack.nats_url, model)
+
+
+async def warm_replaceable(
+    stack: local_stack.StackFile, model: str
+) -> tuple[InstanceRecord, float]:
+    """Warm ``model``; its ready instance (engine and bridge running) once the scaler would
+    replace it if it died, and the seconds waited for that."""
+    await warm(stack, model)
+    old = await wait_ready_instance(stack.nats_url, model)
+    assert old.engine_pid is not None and old.bridge_pid is not None
+    waited = await wait_replaceable(stack.nats_url, model)
+    return old, waited

@@ -40,14 +40,17 @@ from e2e.reliability_support import (
     launch_of,
     log_size,
     restart_service,
+    stack_home,
     stack_ref,
     start_again,
     truncated,
     under_load,
+    up_leaving_nothing,
     wait_gone,
     wait_log,
     wait_ready_instance,
-    wait_replaceable,
+    warm,
+    warm_replaceable,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -86,22 +89,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local_stack.Stac
             "MIGSERVE_SHUTDOWN_GRACE_S": "20",
         },
     )
-    lines: list[str] = []
-    try:
-        yield local_stack.up(opts, lines.append)
-    finally:
-        problems = down_leaves_nothing(home)
-        assert problems == [], problems
-
-
-def _home(stack: local_stack.StackFile) -> Path:
-    return Path(stack.home)
-
-
-async def _warm(stack: local_stack.StackFile, model: str = MODEL) -> None:
-    report = await run_load(stack.gateway_url, model, concurrency=1, duration_s=0.1, max_tokens=4)
-    assert report.failed == 0, describe(report)
-    await wait_ready_instance(stack.nats_url, model)
+    yield from up_leaving_nothing(opts)
 
 
 def _unclear(report: LoadReport) -> list[str]:
@@ -124,8 +112,8 @@ def _print(name: str, out: Loaded) -> None:
 async def test_kill_gateway_in_flight_fail_retries_land_on_the_other(
     stack: local_stack.StackFile,
 ) -> None:
-    await _warm(stack)
-    home = _home(stack)
+    await warm(stack, MODEL)
+    home = stack_home(stack)
 
     async def act(out: Loaded) -> None:
         r = await restart_service(home, "gateway-2", sig=signal.SIGKILL, down_s=2.0)
@@ -147,8 +135,8 @@ async def test_kill_gateway_in_flight_fail_retries_land_on_the_other(
 async def test_kill_agent_engines_keep_serving_and_are_adopted(
     stack: local_stack.StackFile,
 ) -> None:
-    await _warm(stack)
-    home = _home(stack)
+    await warm(stack, MODEL)
+    home = stack_home(stack)
     before = await wait_ready_instance(stack.nats_url, MODEL)
     agent = f"mig-agent-{before.node}"
     offset = log_size(stack_ref(home, agent).log)
@@ -172,8 +160,8 @@ async def test_kill_agent_engines_keep_serving_and_are_adopted(
 async def test_kill_watcher_no_decisions_while_down_then_resumes(
     stack: local_stack.StackFile,
 ) -> None:
-    await _warm(stack)
-    home = _home(stack)
+    await warm(stack, MODEL)
+    home = stack_home(stack)
     kinds = ("metrics.snapshot", "slo.violation", "slo.recovered", "slo.underload")
 
     async def act(out: Loaded) -> None:
@@ -204,11 +192,8 @@ async def test_kill_watcher_no_decisions_while_down_then_resumes(
 async def test_kill_engine_in_flight_fail_clearly_instance_replaced(
     stack: local_stack.StackFile,
 ) -> None:
-    await _warm(stack)
-    home = _home(stack)
-    old = await wait_ready_instance(stack.nats_url, MODEL)
-    assert old.engine_pid is not None and old.bridge_pid is not None
-    waited = await wait_replaceable(stack.nats_url, MODEL)
+    old, waited = await warm_replaceable(stack, MODEL)
+    home = stack_home(stack)
 
     async def act(out: Loaded) -> None:
         engine = ProcessRef.of("engine", old.engine_pid or 0)
@@ -244,8 +229,8 @@ def _free_start(view_nodes: list, node: str) -> int:  # type: ignore[type-arg]
 async def test_restart_nats_clients_reconnect_no_command_lost(
     stack: local_stack.StackFile,
 ) -> None:
-    await _warm(stack)
-    home = _home(stack)
+    await warm(stack, MODEL)
+    home = stack_home(stack)
     serving = await wait_ready_instance(stack.nats_url, MODEL)
     other = next(n for n in stack.nodes if n != serving.node)
     agent = f"mig-agent-{other}"
@@ -335,7 +320,7 @@ async def _lease_holder(nats_url: str) -> str:
 
 
 async def test_kill_scaler_mid_plan_new_leader_resumes(stack: local_stack.StackFile) -> None:
-    home = _home(stack)
+    home = stack_home(stack)
     first = stack_ref(home, "scaler")
     ours = [p.name for p in stack.processes if p.name.startswith("scaler-")] == []
     if ours:  # the stack runs one scaler: start a second replica (stopped again below)
@@ -416,11 +401,8 @@ async def test_kill_scaler_mid_plan_new_leader_resumes(stack: local_stack.StackF
 async def test_kill_bridge_streams_end_clearly_instance_replaced(
     stack: local_stack.StackFile,
 ) -> None:
-    await _warm(stack)
-    home = _home(stack)
-    old = await wait_ready_instance(stack.nats_url, MODEL)
-    assert old.engine_pid is not None and old.bridge_pid is not None
-    waited = await wait_replaceable(stack.nats_url, MODEL)
+    old, waited = await warm_replaceable(stack, MODEL)
+    home = stack_home(stack)
 
     async def act(out: Loaded) -> None:
         bridge = ProcessRef.of("bridge", old.bridge_pid or 0)
@@ -447,6 +429,6 @@ async def test_kill_bridge_streams_end_clearly_instance_replaced(
 
 
 def test_down_leaves_no_process_and_no_slice(stack: local_stack.StackFile) -> None:
-    home = _home(stack)
+    home = stack_home(stack)
     assert down_leaves_nothing(home) == []
     assert local_stack.read_stack(home) is None

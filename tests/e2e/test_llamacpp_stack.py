@@ -9,7 +9,6 @@ Needs the cached llama-server (scripts/test.sh builds it first).
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 from collections.abc import Iterator
@@ -22,6 +21,8 @@ from migserve_cli import stack as local_stack
 from migserve_cli.model_file import DEFAULT_MODEL_FILE, load_models
 from migserve_cli.procs import ProcessRef
 from migserve_cli.status import read_cluster
+
+from e2e.stack_support import chat, stream_pieces, up_then_down
 
 pytestmark = pytest.mark.e2e
 
@@ -39,35 +40,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local_stack.Stac
     assert [(m.model_id, m.engine) for m in models] == [(MODEL, "llamacpp")]
     home = tmp_path_factory.mktemp("stack")
     opts = local_stack.StackOptions(home=home, models=models, nodes=1, gateway_port=0)
-    lines: list[str] = []
-    try:
-        yield local_stack.up(opts, lines.append)
-    finally:
-        report = local_stack.down(home, lines.append)
-        assert report.leftover_processes == [], lines
+    yield from up_then_down(opts)
 
 
 def _chat(stream: bool) -> dict[str, object]:
-    return {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": "What is a GPU?"}],
-        "max_tokens": 48,
-        "temperature": 0,
-        "stream": stream,
-    }
+    return chat(MODEL, stream=stream, max_tokens=48, temperature=0)
 
 
 def test_real_model_answers_streaming_and_not(stack: local_stack.StackFile) -> None:
     with httpx.Client(base_url=stack.gateway_url, timeout=120) as http:
-        pieces: list[str] = []
-        with http.stream("POST", "/v1/chat/completions", json=_chat(True)) as resp:
-            assert resp.status_code == 200, resp.read()
-            assert resp.headers["content-type"].startswith("text/event-stream")
-            for line in resp.iter_lines():
-                if line.startswith("data: ") and line != "data: [DONE]":
-                    choices = json.loads(line[6:])["choices"]
-                    if choices and choices[0]["delta"].get("content"):
-                        pieces.append(choices[0]["delta"]["content"])
+        pieces = stream_pieces(http, _chat(True))
         streamed = "".join(pieces)
         assert len(pieces) > 1 and WORDS.search(streamed), streamed
 

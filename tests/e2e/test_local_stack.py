@@ -21,6 +21,8 @@ from migserve_cli.status import read_cluster
 from migserve_cli.trace import follow
 from migserve_shared.messages import ModelSpec
 
+from e2e.stack_support import chat, stream_pieces, up_then_down
+
 pytestmark = pytest.mark.e2e
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -38,34 +40,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local_stack.Stac
         sim_engine_startup_s=0.3,
         nats_auth=True,  # as `migserve up` runs it: every service under its own NATS user
     )
-    lines: list[str] = []
-    try:
-        yield local_stack.up(opts, lines.append)
-    finally:
-        report = local_stack.down(home, lines.append)
-        assert report.leftover_processes == [], lines
+    yield from up_then_down(opts)
 
 
 def _chat(stream: bool) -> dict[str, object]:
-    return {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": "What is a GPU?"}],
-        "max_tokens": 12,
-        "stream": stream,
-    }
+    return chat(MODEL, stream=stream, max_tokens=12)
 
 
 def test_cold_start_then_answers_streaming_and_not(stack: local_stack.StackFile) -> None:
     with httpx.Client(base_url=stack.gateway_url, timeout=60) as http:
-        chunks: list[str] = []
-        with http.stream("POST", "/v1/chat/completions", json=_chat(True)) as resp:
-            assert resp.status_code == 200, resp.read()
-            assert resp.headers["content-type"].startswith("text/event-stream")
-            for line in resp.iter_lines():
-                if line.startswith("data: ") and line != "data: [DONE]":
-                    delta = json.loads(line[6:])["choices"]
-                    if delta and delta[0]["delta"].get("content"):
-                        chunks.append(delta[0]["delta"]["content"])
+        chunks = stream_pieces(http, _chat(True))
         assert "".join(chunks).strip()
 
         resp = http.post("/v1/chat/completions", json=_chat(False))

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from migserve_cli import stack as local_stack
@@ -30,13 +29,15 @@ from e2e.reliability_support import (
     Loaded,
     check_invariants,
     describe,
-    down_leaves_nothing,
     restart_service,
+    stack_home,
     truncated,
     under_load,
+    up_leaving_nothing,
     wait_gone,
     wait_ready_instance,
-    wait_replaceable,
+    warm,
+    warm_replaceable,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -58,25 +59,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local_stack.Stac
         metrics_source="direct",
         extra_env={"MIGSERVE_SHUTDOWN_GRACE_S": "20", "MIGSERVE_AGENT_WATCH_INTERVAL_S": "0.5"},
     )
-    lines: list[str] = []
-    try:
-        yield local_stack.up(opts, lines.append)
-    finally:
-        problems = down_leaves_nothing(home)
-        assert problems == [], problems
-
-
-def _home(stack: local_stack.StackFile) -> Path:
-    return Path(stack.home)
-
-
-async def _warm(stack: local_stack.StackFile) -> None:
-    """A first request cold-starts the model; the rollouts start from a ready instance."""
-    from migserve_cli.loadgen import run_load
-
-    report = await run_load(stack.gateway_url, MODEL, concurrency=1, duration_s=0.1, max_tokens=4)
-    assert report.failed == 0, describe(report)
-    await wait_ready_instance(stack.nats_url, MODEL)
+    yield from up_leaving_nothing(opts)
 
 
 @pytest.mark.parametrize(
@@ -92,12 +75,12 @@ async def _warm(stack: local_stack.StackFile) -> None:
 async def test_sigterm_and_restart_drops_nothing(
     stack: local_stack.StackFile, names: list[str]
 ) -> None:
-    await _warm(stack)
+    await warm(stack, MODEL)
     before = await wait_ready_instance(stack.nats_url, MODEL)
 
     async def roll(out: Loaded) -> None:
         for name in names:
-            r = await restart_service(_home(stack), name)
+            r = await restart_service(stack_home(stack), name)
             out.notes[name] = (round(r.stopped_after_s, 2), round(r.ready_after_s, 2))
             await asyncio.sleep(0.5)
 
@@ -108,18 +91,15 @@ async def test_sigterm_and_restart_drops_nothing(
     assert report.failed == 0, describe(report)
     assert report.ok >= 8, describe(report)
     # the instance that served before still serves: no restart here touched it
-    view = await check_invariants(_home(stack), demand_models=[MODEL])
+    view = await check_invariants(stack_home(stack), demand_models=[MODEL])
     assert [i.instance_id for i in view.instances if i.model_id == MODEL] == [before.instance_id]
 
 
 async def test_sigterm_bridge_drains_and_instance_is_replaced(
     stack: local_stack.StackFile,
 ) -> None:
-    await _warm(stack)
-    old = await wait_ready_instance(stack.nats_url, MODEL)
-    assert old.bridge_pid is not None and old.engine_pid is not None
     # the scaler replaces an instance on demand, but not within 30 s of its plan's end
-    await wait_replaceable(stack.nats_url, MODEL)
+    old, _ = await warm_replaceable(stack, MODEL)
     bridge = ProcessRef.of("bridge", old.bridge_pid)
 
     async def roll(out: Loaded) -> None:
@@ -134,7 +114,7 @@ async def test_sigterm_bridge_drains_and_instance_is_replaced(
     print(f"rollout bridge: {describe(report)}; {out.notes}")
     assert report.failed == 0, describe(report)
     assert not ProcessRef.of("engine", old.engine_pid).alive()  # the agent stopped its engine
-    view = await check_invariants(_home(stack), demand_models=[MODEL])
+    view = await check_invariants(stack_home(stack), demand_models=[MODEL])
     assert old.instance_id not in {i.instance_id for i in view.instances}
 
 
