@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -39,29 +39,17 @@ from test_agent_support import (
     agent_settings,
     alive,
     create_command,
-    event_log,
+    events_fixture,
     instance_record,
-    kill_leftovers,
     node_state,
     retire_command,
     running_agent,
     spec,
+    state_dir_fixture,
 )
 
-
-@pytest.fixture
-def state_dir(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "agent"
-    try:
-        yield path
-    finally:
-        kill_leftovers(path)
-
-
-@pytest.fixture
-async def events(nc: NATS) -> AsyncIterator[EventLog]:
-    async with event_log(nc) as log:
-        yield log
+state_dir = state_dir_fixture()
+events = events_fixture()
 
 
 @pytest.fixture

@@ -7,11 +7,9 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 from migserve_agent.gpu.base import OwnedSlice, SliceInfo
 from migserve_agent.gpu.ownership import SliceOwnership
 from migserve_agent.gpu.simulated import SimulatedGpuBackend
@@ -36,21 +34,14 @@ from test_agent_support import (
     create_command,
     event_log,
     instance_record,
-    kill_leftovers,
     node_state,
     retire_command,
     running_agent,
     spec,
+    state_dir_fixture,
 )
 
-
-@pytest.fixture
-def state_dir(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "agent"
-    try:
-        yield path
-    finally:
-        kill_leftovers(path)
+state_dir = state_dir_fixture()
 
 
 async def _healthy(url: str) -> bool:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from migserve_agent.agent import Agent
 from migserve_agent.metrics import SLICE_INFO
 from migserve_cli.nats_server import NatsServer
@@ -19,19 +17,12 @@ from test_agent_support import (
     create_command,
     event_log,
     instance_record,
-    kill_leftovers,
     retire_command,
     running_agent,
+    state_dir_fixture,
 )
 
-
-@pytest.fixture
-def state_dir(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "agent"
-    try:
-        yield path
-    finally:
-        kill_leftovers(path)
+state_dir = state_dir_fixture()
 
 
 def _series(agent: Agent) -> list[dict[str, str]]:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import migserve_agent
 import msgspec
+import pytest
 from migserve_agent.agent import Agent
 from migserve_agent.gpu.simulated import SimGpuConfig, SimGpuSpec
 from migserve_agent.runtime import procs
@@ -254,3 +255,33 @@ def kill_leftovers(state_dir: Path) -> list[int]:
                 procs.kill_now(proc)
                 killed.append(proc.pid)
     return killed
+
+
+def state_dir_fixture() -> Any:
+    """A ``state_dir`` fixture: the agent's state directory under ``tmp_path``; every
+    process an agent recorded there is killed after the test.
+
+    Use as ``state_dir = state_dir_fixture()`` at module level."""
+
+    @pytest.fixture
+    def state_dir(tmp_path: Path) -> Iterator[Path]:
+        path = tmp_path / "agent"
+        try:
+            yield path
+        finally:
+            kill_leftovers(path)
+
+    return state_dir
+
+
+def events_fixture() -> Any:
+    """An ``events`` fixture: an :class:`EventLog` of the test's NATS connection ``nc``.
+
+    Use as ``events = events_fixture()`` at module level."""
+
+    @pytest.fixture
+    async def events(nc: NATS) -> AsyncIterator[EventLog]:
+        async with event_log(nc) as log:
+            yield log
+
+    return events

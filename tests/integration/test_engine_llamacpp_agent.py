@@ -9,7 +9,6 @@ build one, before any slice is made (the agent never builds at command time).
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -39,11 +38,11 @@ from test_agent_support import (
     agent_settings,
     alive,
     create_command,
-    event_log,
+    events_fixture,
     instance_record,
-    kill_leftovers,
     retire_command,
     running_agent,
+    state_dir_fixture,
 )
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -56,19 +55,8 @@ def _llama_spec() -> ModelSpec:
     )
 
 
-@pytest.fixture
-def state_dir(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "agent"
-    try:
-        yield path
-    finally:
-        kill_leftovers(path)
-
-
-@pytest.fixture
-async def events(nc: NATS) -> AsyncIterator[EventLog]:
-    async with event_log(nc) as log:
-        yield log
+state_dir = state_dir_fixture()
+events = events_fixture()
 
 
 async def test_llamacpp_instance_answers_a_job(

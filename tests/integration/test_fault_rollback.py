@@ -11,7 +11,7 @@ slice belongs to a live instance, nothing is duplicated.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -27,17 +27,10 @@ from migserve_shared.messages import (
     SliceDestroyed,
 )
 from nats.aio.client import Client as NATS
-from test_agent_support import kill_leftovers
+from test_agent_support import state_dir_fixture
 from test_fault_support import FAST, Cluster, cluster, model_spec, policy
 
-
-@pytest.fixture
-def state_dir(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "agent"
-    try:
-        yield path
-    finally:
-        kill_leftovers(path)
+state_dir = state_dir_fixture()
 
 
 async def _one_ready_instance(c: Cluster) -> str:

@@ -3,25 +3,21 @@ and the metrics watcher. tests/fixtures/tgi/SOURCES.md says where each answer co
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
-from migserve_agent.bridge.dialect import dialect_for
-from migserve_agent.bridge.engine import EngineClient
 from migserve_agent.bridge.errors import EngineRejectedError
 from migserve_agent.bridge.sse import DONE, Finish, StreamEvent, Usage
 from migserve_agent.engines.base import EngineArgsError
 from migserve_agent.engines.registry import default_registry
 from migserve_agent.engines.tgi import TgiEngineAdapter
 from migserve_shared import mig
-from migserve_shared.messages import ChatMessage, InferenceJob, ModelSpec, SamplingParams
+from migserve_shared.messages import InferenceJob, ModelSpec, SamplingParams
 from migserve_watcher.adapters.exposition import ENGINE_SERIES, parse_sample
 from openai.types.chat import ChatCompletionChunk
+from test_engine_support import chat_job, stream_recording
 from text_generation.types import ChatRequest, StreamResponse
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "tgi"
@@ -113,29 +109,7 @@ def test_the_agent_offers_tgi_and_vllm() -> None:
 
 # The bridge against TGI's recorded answers ----------------------------------------------
 def job(**params: object) -> InferenceJob:
-    return InferenceJob(
-        job_id="j1",
-        model=MODEL,
-        messages=[ChatMessage("user", "Say OK!")],
-        reply_to="_INBOX.x",
-        deadline=1e12,
-        params=SamplingParams(**params),  # type: ignore[arg-type]
-    )
-
-
-class Pieces(httpx.AsyncByteStream):
-    """A response body that arrives ``size`` bytes at a time (no async generator to finalize)."""
-
-    def __init__(self, body: bytes, size: int) -> None:
-        self._chunks = [body[i : i + size] for i in range(0, len(body), size)]
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self
-
-    async def __anext__(self) -> bytes:
-        if not self._chunks:
-            raise StopAsyncIteration
-        return self._chunks.pop(0)
+    return chat_job(MODEL, "Say OK!", SamplingParams(**params))  # type: ignore[arg-type]
 
 
 async def stream_fixture(
@@ -143,24 +117,7 @@ async def stream_fixture(
 ) -> list[StreamEvent]:
     """Stream a fixture through the bridge's engine client, 7 bytes at a time."""
     body = (FIXTURES / name).read_bytes()
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        requests.append(request)
-        return httpx.Response(
-            200, headers={"content-type": "text/event-stream"}, stream=Pieces(body, 7)
-        )
-
-    try:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
-            engine = EngineClient(
-                client=http, base_url="http://tgi:8000", dialect=dialect_for("tgi")
-            )
-            async with contextlib.aclosing(engine.stream(the_job)) as events:
-                return [event async for event in events]
-    finally:
-        # a stream abandoned mid-body leaves httpx's body generators to the loop's
-        # async-generator finalizer (as in test_bridge_engine.py)
-        await asyncio.sleep(0.01)
+    return await stream_recording(body, the_job, requests, engine="tgi", size=7)
 
 
 async def test_a_tgi_chat_stream_with_usage_is_read_to_the_end() -> None:

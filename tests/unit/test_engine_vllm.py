@@ -3,24 +3,21 @@ and the metrics watcher. tests/fixtures/vllm/SOURCES.md says where each answer c
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 from migserve_agent.bridge.dialect import dialect_for
-from migserve_agent.bridge.engine import EngineClient
 from migserve_agent.bridge.errors import EngineBrokeError
 from migserve_agent.bridge.sse import DONE, Finish, StreamEvent, Usage
 from migserve_agent.engines.base import EngineArgsError
 from migserve_agent.engines.vllm import VllmEngineAdapter
 from migserve_shared import mig
-from migserve_shared.messages import ChatMessage, InferenceJob, ModelSpec, SamplingParams
+from migserve_shared.messages import ModelSpec, SamplingParams
 from migserve_watcher.adapters.exposition import ENGINE_SERIES, parse_sample
 from openai.types.chat import ChatCompletionChunk
+from test_engine_support import chat_job, stream_recording
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "vllm"
 H100 = mig.gpu_model("H100-SXM5-80GB")
@@ -102,47 +99,10 @@ def test_bad_engine_args_are_refused_with_the_key(args: dict[str, str], message:
 
 
 # The bridge against vLLM's recorded answers ---------------------------------------------
-class Pieces(httpx.AsyncByteStream):
-    """A response body that arrives ``size`` bytes at a time."""
-
-    def __init__(self, body: bytes, size: int) -> None:
-        self._chunks = [body[i : i + size] for i in range(0, len(body), size)]
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self
-
-    async def __anext__(self) -> bytes:
-        if not self._chunks:
-            raise StopAsyncIteration
-        return self._chunks.pop(0)
-
-
 async def stream_fixture(name: str, requests: list[httpx.Request]) -> list[StreamEvent]:
     body = (FIXTURES / name).read_bytes()
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        requests.append(request)
-        return httpx.Response(
-            200, headers={"content-type": "text/event-stream"}, stream=Pieces(body, 5)
-        )
-
-    the_job = InferenceJob(
-        job_id="j1",
-        model=MODEL,
-        messages=[ChatMessage("user", "hi")],
-        reply_to="_INBOX.x",
-        deadline=1e12,
-        params=SamplingParams(max_tokens=10, top_p=1.0, temperature=0.0),
-    )
-    try:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
-            engine = EngineClient(
-                client=http, base_url="http://vllm:8000", dialect=dialect_for("vllm")
-            )
-            async with contextlib.aclosing(engine.stream(the_job)) as events:
-                return [event async for event in events]
-    finally:
-        await asyncio.sleep(0.01)  # as in test_bridge_engine.py
+    the_job = chat_job(MODEL, "hi", SamplingParams(max_tokens=10, top_p=1.0, temperature=0.0))
+    return await stream_recording(body, the_job, requests, engine="vllm", size=5)
 
 
 async def test_a_vllm_chat_stream_ends_with_stop_and_done() -> None:
